@@ -1,0 +1,297 @@
+"""The local model: llama.cpp through llama-cpp-python, one step at a time, with cheap signals.
+
+Why a hand-written decode loop: ``Llama(logits_all=True)`` would give per-token scores but makes
+decoding ~7.5x slower. With ``logits_all=False`` the context still holds the logits of the last
+evaluated token, so after each token we read them (``_ctx.get_logits()``), take the argmax, and
+compute entropy and top-1 probability from the same array. The loop also owns the KV cache: it
+keeps the evaluated token sequence and, for a new step, evaluates only the tokens the context
+has not seen.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .answer import boxed, extract_answer
+from .errors import ContextError, ModelError
+from .values import Signals
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What one call to ``next_step`` produced."""
+
+    text: str  # the step without its separator, stripped
+    raw: str  # exactly the decoded text of token_ids
+    token_ids: tuple[int, ...]
+    signals: Signals
+    finish: str  # separator | answer | eos | length | context
+    evaluated: int  # tokens run through the model for this step (prefix sync + generated)
+    seconds: float
+
+
+class _SignalAccumulator:
+    """Running per-step statistics over per-token entropy and top-1 probability."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sum_ent = 0.0
+        self.max_ent = 0.0
+        self.first_ent = 0.0
+        self.sum_top1 = 0.0
+        self.min_top1 = 1.0
+        self.first_top1 = 1.0
+        self.low = 0
+
+    def add(self, entropy: float, top1: float) -> None:
+        if self.n == 0:
+            self.first_ent, self.first_top1 = entropy, top1
+        self.n += 1
+        self.sum_ent += entropy
+        self.max_ent = max(self.max_ent, entropy)
+        self.sum_top1 += top1
+        self.min_top1 = min(self.min_top1, top1)
+        self.low += top1 < 0.5
+
+    def signals(self, has_answer: bool) -> Signals:
+        n = max(self.n, 1)
+        return Signals(
+            n_tokens=self.n,
+            mean_entropy=round(self.sum_ent / n, 6),
+            max_entropy=round(self.max_ent, 6),
+            first_entropy=round(self.first_ent, 6),
+            mean_top1=round(self.sum_top1 / n, 6) if self.n else 1.0,
+            min_top1=round(self.min_top1, 6),
+            first_top1=round(self.first_top1, 6),
+            low_top1_share=round(self.low / n, 6),
+            has_answer=has_answer,
+        )
+
+
+class LocalModel:
+    """One llama.cpp context, built on first use."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        name: str | None = None,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self.seed = seed
+        self._llm: Any = None
+        self._kv: list[int] = []  # tokens whose KV entries are in the context, in order
+        self._eog: frozenset[int] = frozenset()
+        self._np: Any = None
+        self._rng: Any = None
+        self._z: Any = None
+        self._e: Any = None
+
+    # -- loading -------------------------------------------------------------------------------
+    @property
+    def llm(self) -> Any:
+        if self._llm is None:
+            self._load()
+        return self._llm
+
+    def _load(self) -> None:
+        import numpy as np
+        from llama_cpp import Llama
+
+        try:
+            llm = Llama(
+                model_path=str(self.path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                logits_all=False,
+                seed=self.seed,
+                verbose=False,
+            )
+        except Exception as e:  # llama-cpp-python raises ValueError/RuntimeError with no detail
+            raise ModelError(
+                f"cannot load model {self.path}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
+                "(the GGUF is corrupt, truncated or of an unsupported architecture): pass another model"
+            ) from None
+        self._np = np
+        self._rng = np.random.default_rng(self.seed)
+        self._z = np.empty(llm.n_vocab(), dtype=np.float32)
+        self._e = np.empty(llm.n_vocab(), dtype=np.float32)
+        self._llm = llm
+        self._eog = self._find_eog(llm)
+        self._kv = []
+
+    @staticmethod
+    def _find_eog(llm: Any) -> frozenset[int]:
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        eog = {i for i in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, i)}
+        eog.add(llm.token_eos())
+        return frozenset(eog)
+
+    # -- prompt ----------------------------------------------------------------------------------
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """Apply the GGUF's chat template and open the assistant turn (never close it)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llm = self.llm
+        template = llm.metadata.get("tokenizer.chat_template") or CHATML
+        bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
+        eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
+        fmt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        return fmt(messages=messages).prompt
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def prompt_tokens(self, messages: list[dict[str, str]], *, reserve: int = 0) -> list[int]:
+        """Tokens of the rendered prompt; a prompt that leaves < ``reserve`` tokens is refused."""
+        tokens = self.tokenize(self.render(messages), special=True)
+        if len(tokens) + reserve > self.n_ctx:
+            raise ContextError(
+                f"the problem needs {len(tokens)} prompt tokens and {reserve} more to answer, "
+                f"but the context holds {self.n_ctx}: shorten the problem or raise --n-ctx"
+            )
+        return tokens
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
+
+    # -- KV cache ----------------------------------------------------------------------------------
+    def sync(self, tokens: Sequence[int]) -> int:
+        """Make the context hold exactly ``tokens`` with the last token's logits ready.
+
+        Evaluates only what the context has not seen; returns how many tokens that was.
+        """
+        if not tokens:
+            raise ValueError("cannot sync an empty context")
+        llm = self.llm
+        keep = 0
+        limit = min(len(self._kv), len(tokens) - 1)  # the last token is re-run if its logits are stale
+        while keep < limit and self._kv[keep] == tokens[keep]:
+            keep += 1
+        if keep == len(tokens) - 1 and len(self._kv) == len(tokens) and self._kv[-1] == tokens[-1]:
+            return 0  # the context already ends here and its logits are those of tokens[-1]
+        llm.n_tokens = keep  # eval() drops KV entries from n_tokens on
+        self._kv = self._kv[:keep]
+        rest = list(tokens[keep:])
+        llm.eval(rest)
+        self._kv.extend(rest)
+        return len(rest)
+
+    def _logits(self) -> "np.ndarray":
+        np = self._np
+        return np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self._z.shape[0],))
+
+    def _pick(self, temperature: float) -> tuple[int, float, float]:
+        """Choose the next token and return (token, entropy in nats, top-1 probability)."""
+        np = self._np
+        logits = self._logits()
+        top = int(np.argmax(logits))
+        z = np.subtract(logits, logits[top], out=self._z)
+        e = np.exp(z, out=self._e)
+        total = float(e.sum())
+        # p = e / Z, so H = log Z - E_p[z] and the top-1 probability is 1 / Z
+        ent = max(math.log(total) - float(np.dot(e, z)) / total, 0.0)
+        top1 = 1.0 / total
+        if temperature <= 0:
+            return top, ent, top1
+        p = np.exp(z / temperature)
+        p /= p.sum()
+        return int(self._rng.choice(len(p), p=p)), ent, top1
+
+    # -- one step ----------------------------------------------------------------------------------
+    def next_step(
+        self,
+        context: Sequence[int],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Draft:
+        """Continue the assistant turn after ``context`` until a blank line, an answer or a limit."""
+        start = time.perf_counter()
+        evaluated = self.sync(context)
+        llm = self._llm
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        acc = _SignalAccumulator()
+        new: list[int] = []
+        text = ""
+        finish = "length"
+        for _ in range(max_tokens):
+            if len(self._kv) >= self.n_ctx:
+                finish = "context"
+                break
+            tok, ent, top1 = self._pick(temperature)
+            if tok in self._eog:
+                finish = "eos"
+                break
+            acc.add(ent, top1)
+            new.append(tok)
+            llm.eval([tok])
+            self._kv.append(tok)
+            evaluated += 1
+            piece = decoder.decode(llm.detokenize([tok]))
+            text += piece
+            if on_text and piece:
+                on_text(piece)
+            body = text.lstrip()
+            if SEPARATOR in body:
+                finish = "separator"
+                break
+            if "}" in piece and boxed(body) is not None:
+                finish = "answer"
+                break
+        shown = text.lstrip().split(SEPARATOR, 1)[0].strip()
+        answer = extract_answer(shown) is not None
+        if answer and finish == "separator":
+            finish = "answer"
+        return Draft(
+            text=shown,
+            raw=text,
+            token_ids=tuple(new),
+            signals=acc.signals(answer),
+            finish=finish,
+            evaluated=evaluated,
+            seconds=time.perf_counter() - start,
+        )
+
+    def reseed(self, seed: int) -> None:
+        """Restart the sampler's random stream (used only when temperature > 0)."""
+        import numpy as np
+
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def room(self, context_len: int) -> int:
+        """Tokens left in the context window after ``context_len``."""
+        return self.n_ctx - context_len
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+            self._kv = []

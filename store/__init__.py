@@ -1,0 +1,42 @@
+"""SQLite session store: schema, migrations and repository functions. Knows nothing about models."""
+
+from .db import default_path, open_db
+from .repo import (
+    FINISHED,
+    add_wall_time,
+    SessionState,
+    cloud_calls,
+    commit_step,
+    events,
+    list_sessions,
+    load_state,
+    load_steps,
+    new_id,
+    new_session,
+    record_event,
+    resolve_id,
+    rollback_to,
+    set_status,
+    update_settings,
+)
+
+__all__ = [
+    "FINISHED",
+    "add_wall_time",
+    "SessionState",
+    "cloud_calls",
+    "commit_step",
+    "default_path",
+    "events",
+    "list_sessions",
+    "load_state",
+    "load_steps",
+    "new_id",
+    "new_session",
+    "open_db",
+    "record_event",
+    "resolve_id",
+    "rollback_to",
+    "set_status",
+    "update_settings",
+]

@@ -1,0 +1,191 @@
+"""Opening the session database: path resolution, file mode 0600, WAL, migrations, clear errors."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+from edge_agent.errors import StoreError
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+migrations = Migrations("edge-agent")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db["sessions"].create(
+        {
+            "id": str,
+            "created_at": str,
+            "updated_at": str,
+            "problem": str,
+            "model": str,
+            "model_path": str,
+            "policy": str,
+            "status": str,  # running | done | ended | max_steps | context_full | budget | error
+            "answer": str,
+            "settings": str,  # JSON: max_steps, max_step_tokens, n_ctx, temperature, ...
+            "cloud_provider": str,
+            "cloud_model": str,
+            "wall_s": float,
+        },
+        pk="id",
+        defaults={"wall_s": 0.0},
+    )
+    db["steps"].create(
+        {
+            "id": str,
+            "session_id": str,
+            "idx": int,
+            "author": str,  # local | cloud
+            "kind": str,  # plan | step | intervention
+            "text": str,
+            "raw": str,
+            "token_ids": str,  # JSON list: the exact tokens, so a reload needs no re-tokenizing
+            "tokens": int,
+            "evaluated": int,
+            "signals": str,  # JSON
+            "trigger": str,
+            "finish": str,
+            "seconds": float,
+            "created_at": str,
+            "superseded_by": str,  # rollbacks.id; rows are never deleted
+        },
+        pk="id",
+        foreign_keys=[("session_id", "sessions", "id")],
+    )
+    db["steps"].create_index(["session_id", "idx"])
+    db["trigger_events"].create(
+        {
+            "id": str,
+            "session_id": str,
+            "step_idx": int,
+            "trigger": str,
+            "action": str,
+            "score": float,
+            "threshold": float,
+            "detail": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("session_id", "sessions", "id")],
+    )
+    db["trigger_events"].create_index(["session_id"])
+    db["cloud_calls"].create(
+        {
+            "id": str,
+            "session_id": str,
+            "step_idx": int,
+            "purpose": str,
+            "provider": str,
+            "model": str,
+            "input_tokens": int,
+            "output_tokens": int,
+            "cached_tokens": int,
+            "cost_usd": float,
+            "latency_s": float,
+            "status": str,
+            "error": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("session_id", "sessions", "id")],
+    )
+    db["cloud_calls"].create_index(["session_id"])
+    db["cloud_calls"].create_index(["created_at"])
+    db["rollbacks"].create(
+        {
+            "id": str,
+            "session_id": str,
+            "to_idx": int,
+            "reason": str,
+            "superseded": int,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("session_id", "sessions", "id")],
+    )
+
+
+KNOWN_MIGRATIONS = {m.name for m in migrations._migrations}
+
+
+def default_path() -> Path:
+    """``$EDGE_AGENT_DB``, else ``edge-agent.db`` in click's app dir."""
+    env = os.environ.get("EDGE_AGENT_DB")
+    if env:
+        return Path(env).expanduser()
+    import click
+
+    return Path(click.get_app_dir("edge-agent")) / "edge-agent.db"
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise StoreError(f"database path {path} is a directory: pass a file path with --db or EDGE_AGENT_DB")
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise StoreError(f"cannot read database {path}: {e.strerror}: check its permissions") from None
+        if head and head != SQLITE_MAGIC:
+            raise StoreError(
+                f"{path} is not an edge-agent database (not SQLite): move it aside or pass another --db"
+            )
+
+
+def _create_private(path: Path) -> None:
+    """Create the file with mode 0600 before SQLite touches it, so no other user can read it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise StoreError(f"cannot create database {path}: {e.strerror}: pass a writable --db path") from None
+
+
+def open_db(path: str | os.PathLike | None = None, *, create: bool = True) -> Database:
+    """Open (creating if needed) the database, apply pending migrations and return it."""
+    path = Path(path).expanduser() if path else default_path()
+    _check_file(path)
+    if not path.exists():
+        if not create:
+            raise StoreError(f"no database at {path}: run 'edge-agent solve' first or pass --db")
+        _create_private(path)
+    elif stat.S_IMODE(path.stat().st_mode) & 0o077:
+        try:
+            os.chmod(path, 0o600)
+        except OSError:
+            pass
+    try:
+        conn = sqlite3.connect(str(path), timeout=10.0)
+        db = Database(conn, execute_plugins=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "wal":
+            conn.execute("PRAGMA journal_mode = wal")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        applied = {m.name for m in migrations.applied(db)}
+        unknown = applied - KNOWN_MIGRATIONS
+        if unknown:
+            raise StoreError(
+                f"database {path} was written by a newer edge-agent (schema {sorted(unknown)[-1]}): upgrade edge-agent"
+            )
+        migrations.apply(db)
+    except sqlite3.DatabaseError as e:
+        msg = str(e)
+        if "locked" in msg or "busy" in msg:
+            raise StoreError(f"database {path} is locked by another process: wait for it or pass another --db") from None
+        if "readonly" in msg or "read-only" in msg:
+            raise StoreError(f"database {path} is read-only: fix its permissions or pass another --db") from None
+        raise StoreError(f"database {path} is unreadable ({msg}): move it aside or pass another --db") from None
+    return db

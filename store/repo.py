@@ -1,0 +1,283 @@
+"""Repository functions: the only place that writes SQL for sessions, steps, events and rollbacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from edge_agent.errors import SessionError
+from edge_agent.values import Signals, Step, TriggerEvent
+from sqlite_utils import Database
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_lock = threading.Lock()
+_last = [0, 0]  # ms, random part: keeps ids monotonic within a process
+
+
+def new_id() -> str:
+    """A ULID-style id: 48-bit ms timestamp + 80 random bits, Crockford base32, sortable."""
+    with _lock:
+        ms = int(time.time() * 1000)
+        if ms <= _last[0]:
+            ms, rand = _last[0], _last[1] + 1
+        else:
+            rand = int.from_bytes(os.urandom(10), "big")
+        _last[0], _last[1] = ms, rand
+    value = (ms << 80) | (rand & ((1 << 80) - 1))
+    out = []
+    for _ in range(26):
+        out.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+FINISHED = ("done", "ended", "max_steps", "context_full")
+
+
+@dataclass
+class SessionState:
+    """Everything needed to continue a session exactly where it stopped."""
+
+    id: str
+    problem: str
+    model: str
+    model_path: str
+    policy: str
+    status: str
+    answer: str | None
+    settings: dict[str, Any]
+    created_at: str
+    steps: list[Step] = field(default_factory=list)  # active (not superseded), in order
+    cloud_provider: str | None = None
+    cloud_model: str | None = None
+    wall_s: float = 0.0
+
+
+def new_session(
+    db: Database,
+    *,
+    problem: str,
+    model: str,
+    model_path: str,
+    policy: str,
+    settings: dict[str, Any],
+    cloud_provider: str | None = None,
+    cloud_model: str | None = None,
+) -> str:
+    sid = new_id()
+    ts = now()
+    with db.atomic():
+        db["sessions"].insert(
+            {
+                "id": sid,
+                "created_at": ts,
+                "updated_at": ts,
+                "problem": problem,
+                "model": model,
+                "model_path": model_path,
+                "policy": policy,
+                "status": "running",
+                "answer": None,
+                "settings": json.dumps(settings, sort_keys=True),
+                "cloud_provider": cloud_provider,
+                "cloud_model": cloud_model,
+            }
+        )
+    return sid
+
+
+def commit_step(
+    db: Database,
+    session_id: str,
+    step: Step,
+    *,
+    evaluated: int = 0,
+    events: list[tuple[TriggerEvent, str]] = (),  # (event, action taken)
+    status: str = "running",
+    answer: str | None = None,
+) -> str:
+    """Write one accepted step with its events and the session's new status in one transaction.
+
+    The step is the checkpoint: a crash after this returns loses nothing before it.
+    """
+    step_id = step.id or new_id()
+    ts = now()
+    with db.atomic():
+        db["steps"].insert(
+            {
+                "id": step_id,
+                "session_id": session_id,
+                "idx": step.index,
+                "author": step.author,
+                "kind": step.kind,
+                "text": step.text,
+                "raw": step.raw,
+                "token_ids": json.dumps(list(step.token_ids)),
+                "tokens": step.tokens,
+                "evaluated": evaluated,
+                "signals": json.dumps(step.signals.to_dict()),
+                "trigger": step.trigger,
+                "finish": step.finish,
+                "seconds": round(step.seconds, 4),
+                "created_at": ts,
+                "superseded_by": None,
+            }
+        )
+        for event, action in events:
+            record_event(db, session_id, step.index, event, action)
+        db["sessions"].update(session_id, {"status": status, "answer": answer, "updated_at": ts})
+    return step_id
+
+
+def record_event(db: Database, session_id: str, step_idx: int, event: TriggerEvent, action: str) -> None:
+    db["trigger_events"].insert(
+        {
+            "id": new_id(),
+            "session_id": session_id,
+            "step_idx": step_idx,
+            "trigger": event.trigger,
+            "action": action,
+            "score": event.score,
+            "threshold": event.threshold,
+            "detail": json.dumps(event.detail, sort_keys=True),
+            "created_at": now(),
+        }
+    )
+
+
+def set_status(db: Database, session_id: str, status: str, answer: str | None = None) -> None:
+    with db.atomic():
+        db["sessions"].update(session_id, {"status": status, "answer": answer, "updated_at": now()})
+
+
+def update_settings(db: Database, session_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    with db.atomic():
+        row = db.execute("SELECT settings FROM sessions WHERE id = ?", [session_id]).fetchone()
+        settings = {**json.loads(row[0] or "{}"), **changes}
+        db["sessions"].update(session_id, {"settings": json.dumps(settings, sort_keys=True), "updated_at": now()})
+    return settings
+
+
+def add_wall_time(db: Database, session_id: str, seconds: float) -> None:
+    with db.atomic():
+        db.execute(
+            "UPDATE sessions SET wall_s = COALESCE(wall_s, 0) + ?, updated_at = ? WHERE id = ?",
+            [round(seconds, 4), now(), session_id],
+        )
+
+
+def resolve_id(db: Database, prefix: str) -> str:
+    """Full session id from an id or a unique prefix of one (case-insensitive)."""
+    prefix = prefix.strip().upper()
+    if not prefix:
+        raise SessionError("empty session id: see 'edge-agent sessions' for ids")
+    rows = [r[0] for r in db.execute("SELECT id FROM sessions WHERE id LIKE ? LIMIT 2", [prefix + "%"]).fetchall()]
+    if not rows:
+        raise SessionError(f"no session {prefix!r} in this database: see 'edge-agent sessions' for ids")
+    if len(rows) > 1:
+        raise SessionError(f"session prefix {prefix!r} is ambiguous: give more characters")
+    return rows[0]
+
+
+def _step_from_row(row: dict[str, Any]) -> Step:
+    return Step(
+        index=row["idx"],
+        author=row["author"],
+        kind=row["kind"],
+        text=row["text"],
+        raw=row["raw"],
+        token_ids=tuple(json.loads(row["token_ids"] or "[]")),
+        signals=Signals.from_dict(json.loads(row["signals"] or "{}")),
+        trigger=row["trigger"],
+        finish=row["finish"] or "separator",
+        seconds=row["seconds"] or 0.0,
+        id=row["id"],
+    )
+
+
+def load_steps(db: Database, session_id: str, *, include_superseded: bool = False) -> list[dict[str, Any]]:
+    where = "session_id = ?" + ("" if include_superseded else " AND superseded_by IS NULL")
+    return list(db["steps"].rows_where(where, [session_id], order_by="id"))
+
+
+def load_state(db: Database, session_id: str) -> SessionState:
+    """Rebuild the exact reasoning state of a session from the database."""
+    row = db.execute("SELECT * FROM sessions WHERE id = ?", [session_id]).fetchone()
+    if row is None:
+        raise SessionError(f"no session {session_id!r} in this database: see 'edge-agent sessions' for ids")
+    cols = [d[0] for d in db.execute("SELECT * FROM sessions LIMIT 0").description]
+    s = dict(zip(cols, row))
+    steps = [_step_from_row(r) for r in load_steps(db, session_id)]
+    return SessionState(
+        id=s["id"],
+        problem=s["problem"],
+        model=s["model"],
+        model_path=s["model_path"],
+        policy=s["policy"],
+        status=s["status"],
+        answer=s["answer"],
+        settings=json.loads(s["settings"] or "{}"),
+        created_at=s["created_at"],
+        steps=steps,
+        cloud_provider=s["cloud_provider"],
+        cloud_model=s["cloud_model"],
+        wall_s=s["wall_s"] or 0.0,
+    )
+
+
+def events(db: Database, session_id: str) -> list[dict[str, Any]]:
+    return list(db["trigger_events"].rows_where("session_id = ?", [session_id], order_by="id"))
+
+
+def cloud_calls(db: Database, session_id: str) -> list[dict[str, Any]]:
+    return list(db["cloud_calls"].rows_where("session_id = ?", [session_id], order_by="id"))
+
+
+def rollback_to(db: Database, session_id: str, to_idx: int, reason: str = "user") -> str:
+    """Mark active steps with index >= ``to_idx`` superseded (never deleted); return the rollback id."""
+    active = load_steps(db, session_id)
+    if not 0 <= to_idx < len(active):
+        raise SessionError(
+            f"session {session_id} has steps 0..{len(active) - 1}; cannot roll back to step {to_idx}: "
+            "pick an index shown by 'edge-agent show'"
+            if active
+            else f"session {session_id} has no steps to roll back"
+        )
+    rid = new_id()
+    later = [r["id"] for r in active if r["idx"] >= to_idx]
+    with db.atomic():
+        db["rollbacks"].insert(
+            {
+                "id": rid,
+                "session_id": session_id,
+                "to_idx": to_idx,
+                "reason": reason,
+                "superseded": len(later),
+                "created_at": now(),
+            }
+        )
+        db.execute(
+            f"UPDATE steps SET superseded_by = ? WHERE id IN ({','.join('?' * len(later))})", [rid, *later]
+        )
+        db["sessions"].update(session_id, {"status": "running", "answer": None, "updated_at": now()})
+    return rid
+
+
+def list_sessions(db: Database, limit: int = 50) -> list[dict[str, Any]]:
+    sql = """
+        SELECT s.id, s.created_at, s.status, s.answer, s.model, s.policy, s.problem,
+               (SELECT COUNT(*) FROM steps t WHERE t.session_id = s.id AND t.superseded_by IS NULL) AS steps
+        FROM sessions s ORDER BY s.id DESC LIMIT ?
+    """
+    cur = db.execute(sql, [limit])
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]

@@ -1,0 +1,62 @@
+"""Test isolation: every test gets its own database, config and cache dirs; the real model is shared."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROBE = "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in total does it take?"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Each test gets its own DB path and app/cache dirs, so nothing leaks between tests."""
+    monkeypatch.setenv("EDGE_AGENT_DB", str(tmp_path / "edge.db"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("HOME", os.environ.get("HOME", str(tmp_path)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("EDGE_AGENT_MODEL", raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def smol_path() -> Path:
+    from edge_agent.presets import resolve_model
+
+    return resolve_model("smollm2-135m")[1]
+
+
+@pytest.fixture(scope="session")
+def smol(smol_path):
+    """One loaded SmolLM2 context shared by the tests that drive the model directly."""
+    from edge_agent.local import LocalModel
+
+    model = LocalModel(smol_path, "smollm2-135m", n_ctx=2048)
+    model.llm  # load now
+    yield model
+    model.close()
+
+
+@pytest.fixture
+def db(tmp_path):
+    from store import open_db
+
+    database = open_db(tmp_path / "unit.db")
+    yield database
+    database.close()
+
+
+def run_cli(*args: str, input: bytes | None = None, env: dict | None = None, timeout: float = 300):
+    """Run the real console entry point in a subprocess (exit codes and stderr as a user sees them)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", *args],
+        input=input,
+        capture_output=True,
+        env=full_env,
+        timeout=timeout,
+    )
