@@ -372,6 +372,8 @@ def models(install, as_json):
     from rich.table import Table
 
     table = Table("preset", "installed", "size", "path / how to install", "description")
+    table.columns[0].no_wrap = True
+    table.columns[3].overflow = "fold"
     for r in rows:
         size = f"{r['size_bytes'] / 2**20:.0f} MiB" if r["size_bytes"] else ""
         if r["installed"]:
