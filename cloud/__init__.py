@@ -1,4 +1,7 @@
-"""Cloud models behind one narrow interface: adapters, pricing and the budget. Knows nothing of steps."""
+"""Cloud models behind one narrow interface: adapters, pricing, the budget and the breaker.
+
+Knows nothing of steps or triggers. Heavy SDKs are imported only when an adapter is built.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ class CloudModel(Protocol):
     provider: str
     model: str
 
-    def complete(self, messages: Sequence[dict[str, str]], *, max_tokens: int, stop: Sequence[str] = ()) -> CloudReply:
-        """One chat completion; always returns a ``CloudReply``."""
+    def call(self, messages: Sequence[dict[str, str]], *, max_tokens: int, budget, purpose: str,
+             step_idx: int | None = None, stop: Sequence[str] = ()) -> CloudReply:
+        """One chat completion through the budget; always returns a ``CloudReply``."""
         ...
 
 

@@ -13,8 +13,8 @@ from triggers import Policy, get_policy
 from .answer import extract_answer
 from .errors import InputError, SessionError
 from .local import LocalModel
-from .prompts import messages
-from .values import Step
+from .prompts import cloud_step_messages, intervene_messages, messages, plan_messages
+from .values import Step, TriggerEvent
 
 MAX_PROBLEM_BYTES = 64_000
 
@@ -75,12 +75,29 @@ class RunResult:
 
 
 class Agent:
-    """Solves a problem step by step on the local model; the policy decides where the cloud helps."""
+    """Solves a problem step by step on the local model; the policy decides where the cloud helps.
 
-    def __init__(self, model: LocalModel, db: Any, policy: Policy | str = "local-only") -> None:
+    Control always returns to the local model after a cloud action.
+    """
+
+    def __init__(
+        self,
+        model: LocalModel,
+        db: Any,
+        policy: Policy | str = "local-only",
+        *,
+        cloud: Any = None,
+        caps: Any = None,
+        offline: bool = False,
+    ) -> None:
+        from cloud.budget import Caps
+
         self.model = model
         self.db = db
         self.policy = get_policy(policy) if isinstance(policy, str) else policy
+        self.cloud = None if offline else cloud
+        self.caps = caps or Caps()
+        self.offline = offline
 
     def start(self, problem: str, settings: Settings) -> str:
         """Validate, check the context, and create the session. Nothing is written if this fails."""
@@ -92,13 +109,90 @@ class Agent:
             model=self.model.name,
             model_path=str(self.model.path),
             policy=self.policy.name,
-            settings=asdict(settings),
+            settings={**asdict(settings), "offline": self.offline},
+            cloud_provider=self.cloud.provider if self.cloud else None,
+            cloud_model=self.cloud.model if self.cloud else None,
         )
 
     def solve(self, problem: str, settings: Settings, callbacks: Callbacks | None = None) -> RunResult:
         sid = self.start(problem, settings)
         return self.run(sid, callbacks)
 
+    # -- cloud actions ------------------------------------------------------------------------------
+    def _budget(self, session_id: str) -> Any:
+        from cloud.budget import Budget
+
+        return Budget(self.db, self.caps, session_id)
+
+    def _ask(self, session_id: str, msgs: list[dict[str, str]], *, purpose: str, step_idx: int,
+             max_tokens: int, events: list) -> Any:
+        """One cloud call; on refusal or failure, record why and return None (the local model goes on)."""
+        from .errors import BudgetDenied, CloudError
+
+        if self.cloud is None:
+            reason = "offline" if self.offline else "no cloud configured"
+            events.append((TriggerEvent("cloud_unavailable", True, detail={"purpose": purpose, "reason": reason}), "keep_local"))
+            return None
+        try:
+            return self.cloud.call(msgs, max_tokens=max_tokens, budget=self._budget(session_id), purpose=purpose,
+                                   step_idx=step_idx, stop=["\n\n"] if purpose != "intervene" else [])
+        except BudgetDenied as e:
+            events.append((TriggerEvent("budget_denied", True, score=e.committed_usd + e.needed_usd, threshold=e.cap_usd,
+                                        detail={"purpose": purpose, "scope": e.scope, "message": str(e)}), "keep_local"))
+        except CloudError as e:
+            name = "cloud_unavailable" if (e.opens_breaker or e.kind == "circuit_open") else "cloud_error"
+            events.append((TriggerEvent(name, True, detail={"purpose": purpose, "kind": e.kind, "message": str(e)}), "keep_local"))
+        return None
+
+    def _as_step(self, text: str, index: int, kind: str, trigger: str | None, seconds: float, finish: str) -> Step:
+        raw = text + "\n\n"
+        return Step(index=index, author="cloud", kind=kind, text=text, raw=raw,
+                    token_ids=tuple(self.model.tokenize(raw)), trigger=trigger, finish=finish, seconds=seconds)
+
+    def rewrite_step(self, session_id: str, problem: str, steps: list[Step], index: int, trigger: str | None,
+                     events: list, max_tokens: int = 256) -> Step | None:
+        """The cloud writes only step ``index``; None if it could not (the reason is in ``events``)."""
+        reply = self._ask(session_id, cloud_step_messages(problem, steps), purpose="rewrite_step",
+                          step_idx=index, max_tokens=max_tokens, events=events)
+        if reply is None:
+            return None
+        text = reply.text.strip().split("\n\n", 1)[0].strip()
+        if not text:
+            events.append((TriggerEvent("cloud_error", True, detail={"purpose": "rewrite_step", "kind": "empty"}), "keep_local"))
+            return None
+        finish = "answer" if extract_answer(text) is not None else "separator"
+        return self._as_step(text, index, "step", trigger, reply.latency_s, finish)
+
+    def plan(self, session_id: str, problem: str, events: list, max_tokens: int = 96) -> Step | None:
+        """Strategic initiation: a short plan (no calculations) as step 0, authored by the cloud."""
+        reply = self._ask(session_id, plan_messages(problem), purpose="plan", step_idx=0,
+                          max_tokens=max_tokens, events=events)
+        if reply is None or not reply.text.strip():
+            return None
+        return self._as_step("Plan:\n" + reply.text.strip(), 0, "plan", "strategic_initiation", reply.latency_s, "separator")
+
+    def intervene(self, session_id: str, problem: str, steps: list[Step], events: list,
+                  max_tokens: int = 256) -> tuple[int | None, str] | None:
+        """Ask the cloud to review the trace: (first_wrong_step or None, next_step), or None on failure.
+
+        Invalid JSON is re-asked once, then given up cleanly.
+        """
+        msgs = intervene_messages(problem, steps)
+        for attempt in range(2):
+            reply = self._ask(session_id, msgs, purpose="intervene", step_idx=len(steps), max_tokens=max_tokens, events=events)
+            if reply is None:
+                return None
+            parsed = parse_intervention(reply.text, len(steps))
+            if parsed is not None:
+                return parsed
+            msgs = msgs + [
+                {"role": "assistant", "content": reply.text},
+                {"role": "user", "content": 'That was not valid. Reply with JSON only: {"first_wrong_step": K or null, "next_step": "..."}'},
+            ]
+        events.append((TriggerEvent("cloud_error", True, detail={"purpose": "intervene", "kind": "invalid_json"}), "keep_local"))
+        return None
+
+    # -- the loop -------------------------------------------------------------------------------------
     def run(self, session_id: str, callbacks: Callbacks | None = None) -> RunResult:
         """Continue a session from its last committed step until it finishes."""
         cb = callbacks or Callbacks()
@@ -119,7 +213,7 @@ class Agent:
         status, answer = "running", None
         new: list[Step] = []
         while status == "running":
-            if len(steps) >= settings.max_steps:
+            if sum(1 for s in steps if s.kind != "plan") >= settings.max_steps:
                 status = "max_steps"
                 store.set_status(self.db, session_id, status)
                 break
@@ -129,47 +223,57 @@ class Agent:
                 store.set_status(self.db, session_id, status)
                 break
             index = len(steps)
-            if cb.step_start:
-                cb.step_start(index, "local")
-            draft = self.model.next_step(
-                context,
-                max_tokens=min(settings.max_step_tokens, room),
-                temperature=settings.temperature,
-                on_text=cb.text,
-            )
-            if not draft.token_ids:  # the model closed its turn with nothing more to say
-                status = "ended"
-                store.set_status(self.db, session_id, status)
-                break
-            step = Step(
-                index=index,
-                author="local",
-                kind="step",
-                text=draft.text,
-                raw=draft.raw,
-                token_ids=draft.token_ids,
-                signals=draft.signals,
-                finish=draft.finish,
-                seconds=draft.seconds,
-            )
-            events = self.policy.check(steps, step)
-            action = self.policy.decide(steps, step, events)
+            events: list = []
+            step = None
+            evaluated = 0
+            pre = self.policy.before_step(steps)
+            if pre.kind == "rewrite":
+                events.append((TriggerEvent(pre.trigger or "policy", True, pre.score, pre.threshold), "rewrite"))
+                step = self.rewrite_step(session_id, state.problem, steps, index, pre.trigger, events, settings.max_step_tokens)
+                if step is not None and cb.step_start:
+                    cb.step_start(index, "cloud")
+                    if cb.text:
+                        cb.text(step.text)
+            if step is None:
+                if cb.step_start:
+                    cb.step_start(index, "local")
+                draft = self.model.next_step(
+                    context,
+                    max_tokens=min(settings.max_step_tokens, room),
+                    temperature=settings.temperature,
+                    on_text=cb.text,
+                )
+                if not draft.token_ids:  # the model closed its turn with nothing more to say
+                    status = "ended"
+                    store.set_status(self.db, session_id, status)
+                    break
+                evaluated = draft.evaluated
+                step = Step(index=index, author="local", kind="step", text=draft.text, raw=draft.raw,
+                            token_ids=draft.token_ids, signals=draft.signals, finish=draft.finish, seconds=draft.seconds)
+                if pre.kind != "rewrite":
+                    fired = [e for e in self.policy.check(steps, step) if e.fired]
+                    action = self.policy.decide(steps, step, fired)
+                    events.extend((e, action.kind) for e in fired)
+                    if action.kind == "rewrite":
+                        if cb.step_end:
+                            cb.step_end(step)
+                        written = self.rewrite_step(session_id, state.problem, steps, index, action.trigger, events,
+                                                    settings.max_step_tokens)
+                        if written is not None:
+                            events.append((TriggerEvent("local_draft", True, detail={"text": step.text[:2000], "tokens": step.tokens}), "replaced"))
+                            step = written
+                            if cb.step_start:
+                                cb.step_start(index, "cloud")
+                                if cb.text:
+                                    cb.text(step.text)
             answer = extract_answer(step.text)
             if answer is not None:
                 status = "done"
-            elif draft.finish == "eos":
+            elif step.finish == "eos":
                 status = "ended"
-            elif draft.finish == "context":
+            elif step.finish == "context":
                 status = "context_full"
-            store.commit_step(
-                self.db,
-                session_id,
-                step,
-                evaluated=draft.evaluated,
-                events=[(e, action.kind) for e in events if e.fired],
-                status=status,
-                answer=answer,
-            )
+            store.commit_step(self.db, session_id, step, evaluated=evaluated, events=events, status=status, answer=answer)
             steps.append(step)
             new.append(step)
             context.extend(step.token_ids)
@@ -177,3 +281,25 @@ class Agent:
                 cb.step_end(step)
         store.add_wall_time(self.db, session_id, time.perf_counter() - t0)
         return RunResult(session_id, status, answer, time.perf_counter() - t0, new)
+
+
+def parse_intervention(text: str, n_steps: int) -> tuple[int | None, str] | None:
+    """Validate the cloud's ``{"first_wrong_step": k|null, "next_step": "..."}``; None if invalid."""
+    import json
+    import re
+
+    m = re.search(r"\{.*\}", text, re.DOTALL)
+    if not m:
+        return None
+    try:
+        data = json.loads(m.group(0))
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    k, nxt = data.get("first_wrong_step"), data.get("next_step")
+    if not isinstance(nxt, str) or not nxt.strip():
+        return None
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < max(n_steps, 1)):
+        return None
+    return k, nxt.strip()

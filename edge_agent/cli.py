@@ -49,6 +49,64 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")(f)
 
 
+def cloud_options(f):
+    """--cloud, --cloud-base-url, --offline, --max-cost, --price-in/--price-out."""
+    opts = [
+        click.option("--cloud", "cloud_spec", envvar="EDGE_AGENT_CLOUD", metavar="PROVIDER:MODEL",
+                     help="Cloud model, e.g. openai:gpt-4o-mini or anthropic:claude-haiku-4-5 (or [cloud] in config)."),
+        click.option("--cloud-base-url", envvar="OPENAI_BASE_URL", metavar="URL",
+                     help="Any OpenAI-compatible endpoint (DeepSeek, vLLM, Ollama, llama.cpp server)."),
+        click.option("--offline", is_flag=True, help="Never call the cloud; solve on the local model alone."),
+        click.option("--max-cost", type=float, metavar="USD", help="Hard cap on this session's cloud spend."),
+        click.option("--price-in", type=float, metavar="USD", help="Input price per 1M tokens, for a model with no known price."),
+        click.option("--price-out", type=float, metavar="USD", help="Output price per 1M tokens, for a model with no known price."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _make_cloud(cfg, spec, base_url, offline, price_in, price_out):
+    """The configured cloud, or None (offline or none configured)."""
+    if price_in is not None or price_out is not None:
+        if price_in is None or price_out is None or price_in < 0 or price_out < 0:
+            raise InputError("give both --price-in and --price-out, as USD per 1M tokens (>= 0)")
+    if not spec and cfg.cloud.get("provider") and cfg.cloud.get("model"):
+        spec = f"{cfg.cloud['provider']}:{cfg.cloud['model']}"
+    if offline or not spec:
+        if spec:
+            from cloud.client import parse_spec
+
+            parse_spec(spec)  # still refuse a malformed spec
+        return None
+    from cloud.client import make_cloud
+    from cloud.pricing import Price
+
+    return make_cloud(
+        spec,
+        base_url=base_url or cfg.cloud.get("base_url"),
+        api_key=cfg.keys.get(spec.partition(":")[0]),
+        prices=cfg.prices,
+        price=Price(price_in, price_out) if price_in is not None else None,
+        timeout_s=float(cfg.cloud.get("timeout_s", 60)),
+        max_retries=int(cfg.cloud.get("max_retries", 2)),
+        cooldown_s=float(cfg.cloud.get("cooldown_s", 60)),
+    )
+
+
+def _caps(cfg, max_cost):
+    from cloud.budget import Caps
+
+    if max_cost is not None and max_cost < 0:
+        raise InputError("--max-cost must be >= 0 (USD)")
+    b = cfg.budget
+    return Caps(
+        session_usd=max_cost if max_cost is not None else b.get("max_cost_session"),
+        day_usd=b.get("max_cost_day"),
+        month_usd=b.get("max_cost_month"),
+    )
+
+
 def _open(db_path: str | None, create: bool = True):
     from store import open_db
 
@@ -98,7 +156,9 @@ class Renderer:
 
     def step_end(self, step) -> None:
         self.console.file.write("\n")
-        if self.verbose:
+        if self.verbose and step.author == "cloud":
+            self.console.print(f"[dim]   {step.tokens} tok (local tokenizer) · cloud {step.seconds:.2f}s · {step.trigger}[/dim]")
+        elif self.verbose:
             s = step.signals
             self.console.print(
                 f"[dim]   {step.tokens} tok · {step.seconds:.2f}s · finish={step.finish} · "
@@ -131,7 +191,8 @@ def _read_problem(problem: str) -> str:
         raise InputError("stdin is not UTF-8 text: convert the problem to UTF-8 and try again") from None
 
 
-def _run(agent, session_id: str | None, problem: str | None, settings, as_json: bool, verbose: bool) -> None:
+def _run(agent, session_id: str | None, problem: str | None, settings, as_json: bool, verbose: bool,
+         extra: dict | None = None) -> None:
     from .agent import Callbacks
     from .report import session_report
 
@@ -139,6 +200,10 @@ def _run(agent, session_id: str | None, problem: str | None, settings, as_json: 
     cb = Callbacks(renderer.step_start, renderer.text, renderer.step_end) if renderer else Callbacks()
     if session_id is None:
         session_id = agent.start(problem, settings)
+        if extra:
+            import store
+
+            store.update_settings(agent.db, session_id, extra)
     try:
         agent.run(session_id, cb)
     except KeyboardInterrupt:
@@ -153,13 +218,13 @@ def _run(agent, session_id: str | None, problem: str | None, settings, as_json: 
         renderer.summary(report)
 
 
-def _agent(model: str | None, db, n_ctx: int, policy: str = "local-only"):
+def _agent(model: str | None, db, n_ctx: int, policy: str = "local-only", **cloud):
     from .agent import Agent
     from .local import LocalModel
     from .presets import resolve_model
 
     name, path = resolve_model(model, progress=_join_progress())
-    return Agent(LocalModel(path, name, n_ctx=n_ctx), db, policy)
+    return Agent(LocalModel(path, name, n_ctx=n_ctx), db, policy, **cloud)
 
 
 def _join_progress():
@@ -190,26 +255,36 @@ def _join_progress():
 @click.option("--temperature", default=0.0, show_default=True, type=float, help="0 decodes greedily.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampler seed (with --temperature > 0).")
 @click.option("-v", "--verbose", is_flag=True, help="Show each step's signals.")
+@cloud_options
 @db_option
 @json_option
-def solve(problem, model, policy, max_steps, max_step_tokens, n_ctx, temperature, seed, verbose, db_path, as_json):
+def solve(problem, model, policy, max_steps, max_step_tokens, n_ctx, temperature, seed, verbose,
+          cloud_spec, cloud_base_url, offline, max_cost, price_in, price_out, db_path, as_json):
     """Solve PROBLEM step by step ('-' reads it from stdin)."""
+    from triggers import get_policy
+
     from .agent import Settings, check_problem
+    from .config import load_config
+    from .presets import resolve_model
 
     settings = Settings(max_steps, max_step_tokens, temperature, n_ctx, seed)
     text = check_problem(_read_problem(problem), n_ctx)
-    from .presets import resolve_model
-
+    get_policy(policy)
+    cfg = load_config()
+    caps = _caps(cfg, max_cost)
+    cloud = _make_cloud(cfg, cloud_spec, cloud_base_url, offline, price_in, price_out)
     resolve_model(model)  # a bad --model fails before the database is touched
     db = _open(db_path)
-    agent = _agent(model, db, n_ctx, policy)
-    _run(agent, None, text, settings, as_json, verbose)
+    agent = _agent(model, db, n_ctx, policy, cloud=cloud, caps=caps, offline=offline)
+    _run(agent, None, text, settings, as_json, verbose, extra={"cloud_base_url": cloud.adapter.base_url if cloud else None,
+                                                                "max_cost": max_cost})
 
 
-def _agent_for_session(db, session_id: str):
+def _agent_for_session(db, session_id: str, offline: bool = False):
     import store
 
     from .agent import Settings
+    from .config import load_config
 
     state = store.load_state(db, session_id)
     if state.status in store.FINISHED:
@@ -220,21 +295,27 @@ def _agent_for_session(db, session_id: str):
             "use 'edge-agent rollback' to redo steps, or start a new solve"
         )
     settings = Settings.from_dict(state.settings)
-    return _agent(state.model_path, db, settings.n_ctx, state.policy)
+    cfg = load_config()
+    offline = offline or bool(state.settings.get("offline"))
+    spec = f"{state.cloud_provider}:{state.cloud_model}" if state.cloud_provider else None
+    cloud = _make_cloud(cfg, spec, state.settings.get("cloud_base_url"), offline, None, None) if spec else None
+    caps = _caps(cfg, state.settings.get("max_cost"))
+    return _agent(state.model_path, db, settings.n_ctx, state.policy, cloud=cloud, caps=caps, offline=offline)
 
 
 @cli.command()
 @click.argument("session_id")
 @click.option("-v", "--verbose", is_flag=True, help="Show each step's signals.")
+@click.option("--offline", is_flag=True, help="Continue on the local model alone.")
 @db_option
 @json_option
-def resume(session_id, verbose, db_path, as_json):
+def resume(session_id, verbose, offline, db_path, as_json):
     """Continue an unfinished session from its last committed step."""
     import store
 
     db = _open(db_path, create=False)
     sid = store.resolve_id(db, session_id)
-    agent = _agent_for_session(db, sid)
+    agent = _agent_for_session(db, sid, offline)
     _run(agent, sid, None, None, as_json, verbose)
 
 
@@ -385,6 +466,76 @@ def models(install, as_json):
         table.add_row(r["name"], "yes" if r["installed"] else "no", size, where, r["description"])
     _console().print(table)
     click.echo("Any GGUF file also works: edge-agent solve --model /path/to/model.gguf ...")
+
+
+@cli.command()
+@click.option("--days", default=14, show_default=True, type=int, help="How many days of rows to show.")
+@db_option
+@json_option
+def cost(days, db_path, as_json):
+    """Cloud spend by day, provider and model, with the caps in force and what is left."""
+    import store
+    from store import ledger
+
+    from .config import load_config
+
+    db = _open(db_path, create=False)
+    cfg = load_config()
+    s = ledger.spend(db)
+    caps = {"day": cfg.budget.get("max_cost_day"), "month": cfg.budget.get("max_cost_month"),
+            "session": cfg.budget.get("max_cost_session")}
+    days_seen = sorted({r["day"] for r in s["rows"]}, reverse=True)[:days]
+    rows = [r for r in s["rows"] if r["day"] in days_seen]
+    out = {
+        "today_usd": s["today_nusd"] / 1e9,
+        "month_usd": s["month_nusd"] / 1e9,
+        "total_usd": s["total_nusd"] / 1e9,
+        "open_reservations_usd": s["open_nusd"] / 1e9,
+        "caps_usd": caps,
+        "remaining_usd": {
+            "day": None if caps["day"] is None else max(caps["day"] - (s["today_nusd"] + s["open_nusd"]) / 1e9, 0.0),
+            "month": None if caps["month"] is None else max(caps["month"] - (s["month_nusd"] + s["open_nusd"]) / 1e9, 0.0),
+        },
+        "rows": rows,
+    }
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    from rich.table import Table
+
+    table = Table("day", "provider", "model", "calls", "in", "out", "cached", "USD")
+    for r in rows:
+        table.add_row(r["day"], r["provider"], r["model"], str(r["calls"]), str(r["input_tokens"]),
+                      str(r["output_tokens"]), str(r["cached_tokens"]), f"{r['cost_usd']:.6f}")
+    console = _console()
+    console.print(table)
+    fmt = lambda v: "none" if v is None else f"${v:.4f}"  # noqa: E731
+    console.print(
+        f"today ${out['today_usd']:.6f} · month ${out['month_usd']:.6f} · all time ${out['total_usd']:.6f}\n"
+        f"caps: session {fmt(caps['session'])} · day {fmt(caps['day'])} (left {fmt(out['remaining_usd']['day'])}) · "
+        f"month {fmt(caps['month'])} (left {fmt(out['remaining_usd']['month'])})"
+    )
+
+
+@cli.command("cloud-local")
+@click.option("--model", "-m", default="smollm2-135m", show_default=True, help="Preset name or GGUF path to serve.")
+@click.option("--port", type=int, help="Port on 127.0.0.1 (default: a free one).")
+@click.option("--n-ctx", default=4096, show_default=True, type=int, help="Server context size.")
+def cloud_local(model, port, n_ctx):
+    """Serve a local GGUF as an OpenAI-compatible 'cloud' on 127.0.0.1 (priced like DeepSeek-R1)."""
+    from .cloud_local import start_server
+    from .presets import resolve_model
+
+    _, path = resolve_model(model, progress=_join_progress())
+    proc, base = start_server(path, port=port, n_ctx=n_ctx)
+    click.echo(f"serving {path.name} at {base}")
+    click.echo(f"use: edge-agent solve ... --cloud openai:local --cloud-base-url {base} --policy every-k")
+    click.echo("Ctrl-C stops it.")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(10)
 
 
 def main() -> None:

@@ -25,3 +25,28 @@ class StoreError(EdgeAgentError):
 
 class SessionError(EdgeAgentError):
     """A session id is unknown or the session is in the wrong state for the command."""
+
+
+class ConfigError(EdgeAgentError):
+    """The config file or a cloud option is invalid."""
+
+
+class CloudError(EdgeAgentError):
+    """A cloud call failed. ``kind`` says how; ``opens_breaker`` whether to stop trying for a while."""
+
+    def __init__(self, message: str, kind: str = "error", *, opens_breaker: bool = False, billed: bool = False):
+        super().__init__(message)
+        self.kind = kind
+        self.opens_breaker = opens_breaker
+        self.billed = billed  # the request reached the provider and may have been charged
+
+
+class BudgetDenied(EdgeAgentError):
+    """A reservation would break a cap; the call is not made."""
+
+    def __init__(self, message: str, scope: str, cap_usd: float, committed_usd: float, needed_usd: float):
+        super().__init__(message)
+        self.scope = scope
+        self.cap_usd = cap_usd
+        self.committed_usd = committed_usd
+        self.needed_usd = needed_usd

@@ -9,3 +9,49 @@ SYSTEM = (
 
 def messages(problem: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": problem}]
+
+
+# -- cloud actions ----------------------------------------------------------------------------------
+
+CLOUD_STEP_SYSTEM = (
+    "You are an expert mathematician helping a small model solve a problem one step at a time. "
+    "Write ONLY the next single step of the solution: one short paragraph with its calculation. "
+    "Do not repeat earlier steps and do not write later steps. "
+    "If this step reaches the final answer, end it with \\boxed{ANSWER}."
+)
+
+PLAN_SYSTEM = (
+    "You are an expert mathematician. Write a very short plan for solving the problem: at most 3 numbered "
+    "sub-goals, one line each. Do not calculate anything and do not state any result."
+)
+
+INTERVENE_SYSTEM = (
+    "You are an expert mathematician reviewing a small model's step-by-step solution that has stalled or "
+    "may contain an error. Find the first wrong step, if any, and write the correct next step. "
+    'Answer with JSON only: {"first_wrong_step": K or null, "next_step": "..."} where K is the 0-based '
+    "index of the first wrong step (null if all steps are right) and next_step is one short step."
+)
+
+
+def transcript(steps) -> str:
+    if not steps:
+        return "(no steps yet)"
+    return "\n\n".join(f"Step {s.index}: {s.text}" for s in steps)
+
+
+def cloud_step_messages(problem: str, steps) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": CLOUD_STEP_SYSTEM},
+        {"role": "user", "content": f"Problem:\n{problem}\n\nSteps so far:\n{transcript(steps)}\n\nWrite the next step."},
+    ]
+
+
+def plan_messages(problem: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": PLAN_SYSTEM}, {"role": "user", "content": f"Problem:\n{problem}"}]
+
+
+def intervene_messages(problem: str, steps) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": INTERVENE_SYSTEM},
+        {"role": "user", "content": f"Problem:\n{problem}\n\nSteps so far:\n{transcript(steps)}\n\nYour JSON:"},
+    ]

@@ -12,6 +12,7 @@ from .values import Usage
 
 def usage_of(state: store.SessionState, calls: list[dict[str, Any]]) -> Usage:
     local = [s for s in state.steps if s.author == "local"]
+    local_s = sum(s.seconds for s in local)
     cloud = [s for s in state.steps if s.author == "cloud" and s.kind == "step"]
     return Usage(
         local_steps=sum(1 for s in local if s.kind == "step"),
@@ -20,8 +21,8 @@ def usage_of(state: store.SessionState, calls: list[dict[str, Any]]) -> Usage:
         cloud_input_tokens=sum(c["input_tokens"] or 0 for c in calls),
         cloud_output_tokens=sum(c["output_tokens"] or 0 for c in calls),
         cloud_cached_tokens=sum(c["cached_tokens"] or 0 for c in calls),
-        cost_usd=sum(c["cost_usd"] or 0.0 for c in calls),
-        local_s=sum(s.seconds for s in local),
+        cost_usd=sum(c.get("cost_nusd") or 0 for c in calls) / 1e9,
+        local_s=local_s,
         cloud_s=sum(c["latency_s"] or 0.0 for c in calls),
     )
 
@@ -31,6 +32,12 @@ def session_report(db: Any, session_id: str, *, verbose: bool = True) -> dict[st
     calls = store.cloud_calls(db, session_id)
     u = usage_of(state, calls)
     ratio = u.offload_ratio
+    evs = store.events(db, session_id)
+    available = (
+        state.cloud_provider is not None
+        and not state.settings.get("offline")
+        and not any(e["trigger"] == "cloud_unavailable" for e in evs)
+    )
     return {
         "session_id": state.id,
         "status": state.status,
@@ -62,7 +69,7 @@ def session_report(db: Any, session_id: str, *, verbose: bool = True) -> dict[st
                 "threshold": e["threshold"],
                 "detail": json.loads(e["detail"] or "{}"),
             }
-            for e in store.events(db, session_id)
+            for e in evs
         ],
         "usage": {
             "local_steps": u.local_steps,
@@ -76,5 +83,5 @@ def session_report(db: Any, session_id: str, *, verbose: bool = True) -> dict[st
             "local_s": round(u.local_s, 3),
             "cloud_s": round(u.cloud_s, 3),
         },
-        "cloud": {"provider": state.cloud_provider, "model": state.cloud_model, "available": False},
+        "cloud": {"provider": state.cloud_provider, "model": state.cloud_model, "available": available},
     }

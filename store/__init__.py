@@ -1,5 +1,6 @@
 """SQLite session store: schema, migrations and repository functions. Knows nothing about models."""
 
+from . import ledger
 from .db import default_path, open_db
 from .repo import (
     FINISHED,
@@ -21,6 +22,7 @@ from .repo import (
 )
 
 __all__ = [
+    "ledger",
     "FINISHED",
     "add_wall_time",
     "SessionState",

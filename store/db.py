@@ -112,6 +112,30 @@ def m001_initial(db: Database) -> None:
     )
 
 
+@migrations()
+def m002_budget(db: Database) -> None:
+    db["budget_reservations"].create(
+        {
+            "id": str,
+            "session_id": str,
+            "purpose": str,
+            "provider": str,
+            "model": str,
+            "amount_nusd": int,  # worst case, integer nano-USD
+            "status": str,  # open | settled | released
+            "pid": int,
+            "created_at": str,
+            "settled_at": str,
+        },
+        pk="id",
+    )
+    db["budget_reservations"].create_index(["status"])
+    db["cloud_calls"].add_column("cost_nusd", int)
+    db["cloud_calls"].add_column("reserved_nusd", int)
+    db["cloud_calls"].add_column("reservation_id", str)
+    db["cloud_calls"].add_column("cache_write_tokens", int)
+
+
 KNOWN_MIGRATIONS = {m.name for m in migrations._migrations}
 
 

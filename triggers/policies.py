@@ -11,10 +11,16 @@ from typing import Protocol
 
 from edge_agent.values import Action, Step, TriggerEvent
 
+ACCEPT = Action("accept")
+
 
 class Policy(Protocol):
     name: str
     uses_cloud: bool
+
+    def before_step(self, steps: Sequence[Step]) -> Action:
+        """Decide before the local model drafts the next step (``rewrite`` = the cloud writes it)."""
+        ...
 
     def check(self, steps: Sequence[Step], step: Step) -> list[TriggerEvent]:
         """Run this policy's detectors on a new local step."""
@@ -25,20 +31,56 @@ class Policy(Protocol):
         ...
 
 
-class LocalOnly:
-    """Baseline: every local step is accepted; the cloud is never called."""
-
-    name = "local-only"
+class _Base:
+    name = "base"
     uses_cloud = False
+
+    def before_step(self, steps: Sequence[Step]) -> Action:
+        return ACCEPT
 
     def check(self, steps: Sequence[Step], step: Step) -> list[TriggerEvent]:
         return []
 
     def decide(self, steps: Sequence[Step], step: Step, events: Sequence[TriggerEvent]) -> Action:
-        return Action("accept")
+        fired = [e for e in events if e.fired]
+        if not fired:
+            return ACCEPT
+        e = fired[0]
+        return Action("rewrite", trigger=e.trigger, score=e.score, threshold=e.threshold)
 
 
-POLICIES: dict[str, type] = {LocalOnly.name: LocalOnly}
+class LocalOnly(_Base):
+    """Baseline: every local step is accepted; the cloud is never called."""
+
+    name = "local-only"
+
+
+class CloudOnly(_Base):
+    """Baseline: the cloud writes every step through the same loop (the local model only on failure)."""
+
+    name = "cloud-only"
+    uses_cloud = True
+
+    def before_step(self, steps: Sequence[Step]) -> Action:
+        return Action("rewrite", trigger="cloud_only", reason="cloud-only writes every step")
+
+
+class EveryK(_Base):
+    """For testing the cloud path: the cloud rewrites every k-th reasoning step (k=2: steps 1, 3, 5…)."""
+
+    name = "every-k"
+    uses_cloud = True
+
+    def __init__(self, k: int = 2) -> None:
+        self.k = k
+
+    def check(self, steps: Sequence[Step], step: Step) -> list[TriggerEvent]:
+        position = step.index + 1
+        fired = position % self.k == 0
+        return [TriggerEvent("every_k", fired, score=float(position % self.k), threshold=0.0, detail={"k": self.k})]
+
+
+POLICIES: dict[str, type] = {p.name: p for p in (LocalOnly, CloudOnly, EveryK)}
 
 
 def get_policy(name: str) -> Policy:

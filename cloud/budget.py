@@ -1,0 +1,77 @@
+"""Hard spending caps: reserve the worst case before a call, settle to the actual cost after it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.errors import BudgetDenied
+
+from .pricing import NANO, Price, cost_nusd, usd, worst_case_nusd
+
+
+@dataclass(frozen=True)
+class Caps:
+    session_usd: float | None = None
+    day_usd: float | None = None
+    month_usd: float | None = None
+
+    def nusd(self) -> dict[str, int | None]:
+        # caps round down: a cap of $0.001 allows at most 1,000,000 nUSD
+        conv = lambda v: None if v is None else int(v * NANO)  # noqa: E731
+        return {"session": conv(self.session_usd), "day": conv(self.day_usd), "month": conv(self.month_usd)}
+
+
+def estimate_input_tokens(messages: list[dict[str, Any]]) -> int:
+    """An upper bound on input tokens without the provider's tokenizer: one per UTF-8 byte, plus framing.
+
+    No BPE token is shorter than one byte, so this never under-reserves.
+    """
+    body = json.dumps(messages, ensure_ascii=False).encode("utf-8")
+    return len(body) + 16 * len(messages) + 16
+
+
+class Budget:
+    """Caps in force for one session, over a store shared with every other process."""
+
+    def __init__(self, db: Any, caps: Caps, session_id: str) -> None:
+        self.db = db
+        self.caps = caps
+        self.session_id = session_id
+
+    def reserve(self, *, purpose: str, provider: str, model: str, price: Price, input_tokens: int, max_tokens: int) -> tuple[str, int]:
+        from store import ledger
+
+        amount = worst_case_nusd(price, input_tokens=input_tokens, max_tokens=max_tokens)
+        got = ledger.reserve(
+            self.db,
+            session_id=self.session_id,
+            purpose=purpose,
+            provider=provider,
+            model=model,
+            amount_nusd=amount,
+            caps_nusd=self.caps.nusd(),
+        )
+        if isinstance(got, ledger.Denial):
+            raise BudgetDenied(
+                f"{purpose} needs up to ${usd(got.needed_nusd):.6f} but the {got.scope} cap ${usd(got.cap_nusd):.6f} "
+                f"has ${usd(max(got.cap_nusd - got.committed_nusd, 0)):.6f} left",
+                got.scope, usd(got.cap_nusd), usd(got.committed_nusd), usd(got.needed_nusd),
+            )
+        return got, amount
+
+    def settle(self, reservation_id: str, **call: Any) -> str:
+        from store import ledger
+
+        return ledger.settle(self.db, reservation_id, session_id=self.session_id, **call)
+
+
+def actual_cost(price: Price, usage: dict[str, int]) -> int:
+    return cost_nusd(
+        price,
+        input_tokens=usage["input_tokens"],
+        output_tokens=usage["output_tokens"],
+        cached_tokens=usage.get("cached_tokens", 0),
+        cache_write_tokens=usage.get("cache_write_tokens", 0),
+    )

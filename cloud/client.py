@@ -1,0 +1,117 @@
+"""``Cloud``: one adapter behind the budget and the circuit breaker. Every call leaves a ledger row."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from edge_agent.errors import ConfigError, CloudError
+from edge_agent.values import CloudReply
+
+from .adapters import ADAPTERS
+from .breaker import CircuitBreaker
+from .budget import Budget, actual_cost, estimate_input_tokens
+from .pricing import Price, lookup, usd
+
+
+class Cloud:
+    def __init__(self, adapter: Any, price: Price, breaker: CircuitBreaker | None = None) -> None:
+        self.adapter = adapter
+        self.price = price
+        self.breaker = breaker or CircuitBreaker()
+
+    @property
+    def provider(self) -> str:
+        return self.adapter.provider
+
+    @property
+    def model(self) -> str:
+        return self.adapter.model
+
+    def call(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        max_tokens: int,
+        budget: Budget,
+        purpose: str,
+        step_idx: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> CloudReply:
+        """Reserve, call, settle. Raises BudgetDenied (nothing sent) or CloudError (settled and recorded)."""
+        if not self.breaker.allow():
+            raise CloudError(f"the cloud is paused after an error ({self.breaker.reason})", "circuit_open")
+        reservation, reserved = budget.reserve(
+            purpose=purpose, provider=self.provider, model=self.model, price=self.price,
+            input_tokens=estimate_input_tokens(list(messages)), max_tokens=max_tokens,
+        )
+        record = {"step_idx": step_idx, "purpose": purpose, "provider": self.provider, "model": self.model}
+        t0 = time.perf_counter()
+        try:
+            raw = self.adapter.complete(messages, max_tokens=max_tokens, stop=stop)
+        except BaseException as e:
+            err = e if isinstance(e, CloudError) else CloudError(f"cloud call failed ({type(e).__name__})", "error", billed=True)
+            # a request the provider may have processed is costed at its reservation: never under-count
+            budget.settle(
+                reservation, **record, input_tokens=0, output_tokens=0, cached_tokens=0, cache_write_tokens=0,
+                cost_nusd=reserved if err.billed else 0, latency_s=time.perf_counter() - t0,
+                status=err.kind, error=str(err),
+            )
+            if err.opens_breaker:
+                self.breaker.trip(err.kind)
+            if err is e:
+                raise
+            if isinstance(e, Exception):
+                raise err from None
+            raise
+        latency = time.perf_counter() - t0
+        if raw.usage is None:
+            cost, status, usage = reserved, "no_usage", {"input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0}
+        else:
+            cost, status, usage = actual_cost(self.price, raw.usage), "ok", raw.usage
+        budget.settle(reservation, **record, **usage, cost_nusd=cost, latency_s=latency, status=status)
+        self.breaker.reset()
+        return CloudReply(
+            text=raw.text,
+            input_tokens=usage["input_tokens"],
+            output_tokens=usage["output_tokens"],
+            cached_tokens=usage["cached_tokens"],
+            cost_usd=usd(cost),
+            latency_s=latency,
+            provider=self.provider,
+            model=self.model,
+        )
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``openai:gpt-4o-mini`` -> (provider, model)."""
+    provider, sep, model = spec.partition(":")
+    if not sep or not model or provider not in ADAPTERS:
+        raise ConfigError(f"--cloud must be PROVIDER:MODEL with PROVIDER one of {', '.join(ADAPTERS)} (got {spec!r})")
+    return provider, model
+
+
+def make_cloud(
+    spec: str,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    prices: dict[str, Price] | None = None,
+    price: Price | None = None,
+    timeout_s: float = 60.0,
+    max_retries: int = 2,
+    cooldown_s: float = 60.0,
+    http_client: Any = None,
+) -> Cloud:
+    provider, model = parse_spec(spec)
+    chosen = price or lookup(model, prices)
+    if chosen is None:
+        raise ConfigError(
+            f"no price known for model {model!r}: pass --price-in and --price-out (USD per 1M tokens) "
+            "or add it under [prices] in the config file; edge-agent never spends blind"
+        )
+    adapter = ADAPTERS[provider](
+        model, base_url=base_url, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries, http_client=http_client
+    )
+    return Cloud(adapter, chosen, CircuitBreaker(cooldown_s))

@@ -1,0 +1,47 @@
+"""A real OpenAI-compatible server on loopback (llama-cpp-python's), to stand in for a cloud model."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .errors import CloudError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_path: Path, *, port: int | None = None, alias: str = "local", n_ctx: int = 4096,
+                 n_threads: int | None = None, timeout_s: float = 120.0, log=None) -> tuple[subprocess.Popen, str]:
+    """Start ``python -m llama_cpp.server`` on 127.0.0.1 and wait until ``/v1/models`` answers."""
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError:
+        raise CloudError("the local server needs the 'server' extra: pip install 'edge-agent[server]'", "setup") from None
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
+           "--port", str(port), "--model_alias", alias, "--n_ctx", str(n_ctx)]
+    if n_threads:
+        cmd += ["--n_threads", str(n_threads)]
+    proc = subprocess.Popen(cmd, stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CloudError(f"the local server exited with code {proc.returncode}: check the model file", "setup")
+        try:
+            with urllib.request.urlopen(base + "/models", timeout=1) as r:
+                if r.status == 200:
+                    return proc, base
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    proc.kill()
+    raise CloudError(f"the local server did not answer within {timeout_s:.0f}s", "setup")

@@ -1,0 +1,110 @@
+"""The config file: one TOML file in the app dir (``EDGE_AGENT_CONFIG`` moves it). Unknown keys are errors.
+
+    [cloud]
+    provider = "openai"            # or "anthropic"
+    model = "gpt-4o-mini"
+    base_url = "https://api.deepseek.com/v1"   # optional, any OpenAI-compatible endpoint
+    timeout_s = 60
+    max_retries = 2
+    cooldown_s = 60
+
+    [budget]
+    max_cost_session = 0.05        # USD
+    max_cost_day = 1.00
+    max_cost_month = 10.00
+
+    [keys]                         # environment variables win over these
+    openai = "sk-..."
+    anthropic = "sk-ant-..."
+
+    [prices."my-model"]            # USD per 1M tokens
+    input = 0.5
+    output = 1.5
+    cached_input = 0.1
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "cloud": {"provider": str, "model": str, "base_url": str, "timeout_s": (int, float),
+              "max_retries": int, "cooldown_s": (int, float)},
+    "budget": {"max_cost_session": (int, float), "max_cost_day": (int, float), "max_cost_month": (int, float)},
+    "keys": {"openai": str, "anthropic": str},
+}
+PRICE_KEYS = {"input": (int, float), "output": (int, float), "cached_input": (int, float), "cache_write": (int, float)}
+
+
+@dataclass
+class Config:
+    cloud: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, float] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    prices: dict[str, Any] = field(default_factory=dict)  # model -> cloud.pricing.Price
+    path: Path | None = None
+
+
+def config_path() -> Path:
+    env = os.environ.get("EDGE_AGENT_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    import click
+
+    return Path(click.get_app_dir("edge-agent")) / "config.toml"
+
+
+def load_config(path: Path | None = None) -> Config:
+    path = path or config_path()
+    if not path.exists():
+        return Config(path=path)
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}: fix or remove the file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path} is not valid TOML ({e}): fix or remove the file") from None
+    cfg = Config(path=path)
+    for section, values in data.items():
+        if section == "prices":
+            cfg.prices = _prices(path, values)
+            continue
+        if section not in SCHEMA:
+            raise ConfigError(f"config {path}: unknown section [{section}]: use {', '.join([*SCHEMA, 'prices'])}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config {path}: [{section}] must be a table")
+        for key, value in values.items():
+            want = SCHEMA[section].get(key)
+            if want is None:
+                raise ConfigError(f"config {path}: unknown key {section}.{key}: use {', '.join(SCHEMA[section])}")
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise ConfigError(f"config {path}: {section}.{key} has the wrong type: fix its value")
+            if section == "budget" and value < 0:
+                raise ConfigError(f"config {path}: {section}.{key} must be >= 0")
+        setattr(cfg, section, dict(values))
+    return cfg
+
+
+def _prices(path: Path, values: Any) -> dict[str, Any]:
+    from cloud.pricing import Price
+
+    out = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config {path}: [prices] must hold tables like [prices.\"model\"]")
+    for model, p in values.items():
+        if not isinstance(p, dict) or not {"input", "output"} <= set(p) or set(p) - set(PRICE_KEYS):
+            raise ConfigError(f"config {path}: prices.{model} needs input and output (optional cached_input, cache_write)")
+        try:
+            out[model] = Price(**{k: float(v) for k, v in p.items()})
+        except (TypeError, ValueError):
+            raise ConfigError(f"config {path}: prices.{model} must be non-negative numbers") from None
+    return out

@@ -1,0 +1,180 @@
+"""The money ledger: budget reservations and settled cloud calls, shared by every process on the DB.
+
+A reservation is taken inside ``BEGIN IMMEDIATE``: the write lock is held while the caps are
+checked and the reservation row is written, so two processes cannot both squeeze under one cap.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from sqlite_utils import Database
+
+from .repo import new_id, now
+
+SCOPES = ("session", "day", "month")
+
+
+@dataclass(frozen=True)
+class Denial:
+    scope: str
+    cap_nusd: int
+    committed_nusd: int
+    needed_nusd: int
+
+
+def _committed(db: Database, scope: str, session_id: str, ts: str) -> int:
+    """Settled spend plus open reservations in a scope, in nano-USD."""
+    if scope == "session":
+        where, args = "session_id = ?", [session_id]
+    elif scope == "day":
+        where, args = "substr(created_at, 1, 10) = ?", [ts[:10]]
+    else:
+        where, args = "substr(created_at, 1, 7) = ?", [ts[:7]]
+    spent = db.execute(f"SELECT COALESCE(SUM(cost_nusd), 0) FROM cloud_calls WHERE {where}", args).fetchone()[0]
+    held = db.execute(
+        f"SELECT COALESCE(SUM(amount_nusd), 0) FROM budget_reservations WHERE status = 'open' AND {where}", args
+    ).fetchone()[0]
+    return int(spent) + int(held)
+
+
+def reserve(
+    db: Database,
+    *,
+    session_id: str,
+    purpose: str,
+    provider: str,
+    model: str,
+    amount_nusd: int,
+    caps_nusd: dict[str, int | None],
+    ts: str | None = None,
+) -> str | Denial:
+    """Reserve ``amount_nusd`` unless that would break a cap. Returns the reservation id or a Denial."""
+    ts = ts or now()
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for scope in SCOPES:
+            cap = caps_nusd.get(scope)
+            if cap is None:
+                continue
+            committed = _committed(db, scope, session_id, ts)
+            if committed + amount_nusd > cap:
+                conn.execute("ROLLBACK")
+                return Denial(scope, cap, committed, amount_nusd)
+        rid = new_id()
+        conn.execute(
+            "INSERT INTO budget_reservations (id, session_id, purpose, provider, model, amount_nusd, status, pid, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?)",
+            [rid, session_id, purpose, provider, model, amount_nusd, os.getpid(), ts],
+        )
+        conn.execute("COMMIT")
+        return rid
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def settle(
+    db: Database,
+    reservation_id: str,
+    *,
+    session_id: str,
+    step_idx: int | None,
+    purpose: str,
+    provider: str,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cached_tokens: int,
+    cache_write_tokens: int,
+    cost_nusd: int,
+    latency_s: float,
+    status: str,
+    error: str | None = None,
+) -> str:
+    """Replace a reservation by the call's actual cost, in one transaction. Returns the call id."""
+    call_id = new_id()
+    with db.atomic():
+        row = db.execute("SELECT amount_nusd, created_at FROM budget_reservations WHERE id = ?", [reservation_id]).fetchone()
+        reserved, created = (row[0], row[1]) if row else (0, now())
+        db["budget_reservations"].update(reservation_id, {"status": "settled", "settled_at": now()})
+        db["cloud_calls"].insert(
+            {
+                "id": call_id,
+                "session_id": session_id,
+                "step_idx": step_idx,
+                "purpose": purpose,
+                "provider": provider,
+                "model": model,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "cached_tokens": cached_tokens,
+                "cache_write_tokens": cache_write_tokens,
+                "cost_nusd": cost_nusd,
+                "cost_usd": cost_nusd / 1e9,
+                "reserved_nusd": reserved,
+                "reservation_id": reservation_id,
+                "latency_s": round(latency_s, 4),
+                "status": status,
+                "error": error,
+                # the call counts in the day/month its reservation was taken, so a settle after
+                # midnight cannot move spend out from under yesterday's cap
+                "created_at": created,
+            }
+        )
+    return call_id
+
+
+def reclaim_stale(db: Database) -> int:
+    """Settle open reservations of processes that no longer exist, at their full amount (never under-count)."""
+    rows = db.execute("SELECT id, pid FROM budget_reservations WHERE status = 'open'").fetchall()
+    stale = [rid for rid, pid in rows if pid != os.getpid() and not _alive(pid)]
+    for rid in stale:
+        r = db.execute(
+            "SELECT session_id, purpose, provider, model, amount_nusd FROM budget_reservations WHERE id = ?", [rid]
+        ).fetchone()
+        settle(
+            db, rid, session_id=r[0], step_idx=None, purpose=r[1], provider=r[2], model=r[3],
+            input_tokens=0, output_tokens=0, cached_tokens=0, cache_write_tokens=0,
+            cost_nusd=int(r[4]), latency_s=0.0, status="reclaimed", error="process died before settling",
+        )
+    return len(stale)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def spend(db: Database, ts: str | None = None) -> dict[str, Any]:
+    """Totals for ``edge-agent cost``: today, this month, all time, and by day/provider/model."""
+    ts = ts or now()
+    q = lambda sql, args=(): db.execute(sql, list(args)).fetchone()[0] or 0  # noqa: E731
+    rows = db.execute(
+        "SELECT substr(created_at, 1, 10) AS day, provider, model, COUNT(*), SUM(input_tokens), SUM(output_tokens),"
+        " SUM(cached_tokens), SUM(cost_nusd) FROM cloud_calls GROUP BY day, provider, model ORDER BY day DESC, provider, model"
+    ).fetchall()
+    return {
+        "today_nusd": q("SELECT SUM(cost_nusd) FROM cloud_calls WHERE substr(created_at, 1, 10) = ?", [ts[:10]]),
+        "month_nusd": q("SELECT SUM(cost_nusd) FROM cloud_calls WHERE substr(created_at, 1, 7) = ?", [ts[:7]]),
+        "total_nusd": q("SELECT SUM(cost_nusd) FROM cloud_calls"),
+        "open_nusd": q("SELECT SUM(amount_nusd) FROM budget_reservations WHERE status = 'open'"),
+        "rows": [
+            {
+                "day": r[0], "provider": r[1], "model": r[2], "calls": r[3], "input_tokens": r[4] or 0,
+                "output_tokens": r[5] or 0, "cached_tokens": r[6] or 0, "cost_usd": (r[7] or 0) / 1e9,
+            }
+            for r in rows
+        ],
+    }
