@@ -31,6 +31,16 @@ def _key(env: str, configured: str | None, base_url: str | None) -> str:
     raise ConfigError(f"no API key found: set the {env} environment variable or add it under [keys] in the config file")
 
 
+def _connection_error(e: BaseException) -> CloudError:
+    """Refused before sending costs nothing; a connection lost mid-response may have been billed."""
+    cause = e.__cause__ or e.__context__
+    refused = cause is not None and "Connect" in type(cause).__name__
+    if refused:
+        return CloudError(f"cannot reach the cloud ({cause})", "connection", opens_breaker=True)
+    return CloudError(f"the connection broke mid-response ({type(cause).__name__ if cause else e})", "broken_response",
+                      opens_breaker=True, billed=True)
+
+
 class OpenAIAdapter:
     """Any OpenAI-compatible endpoint: OpenAI, DeepSeek, vLLM, Ollama, llama.cpp's server."""
 
@@ -64,7 +74,7 @@ class OpenAIAdapter:
         except oa.APITimeoutError:
             raise CloudError("the cloud did not answer in time", "timeout", opens_breaker=True, billed=True) from None
         except oa.APIConnectionError as e:
-            raise CloudError(f"cannot reach the cloud ({e.__cause__ or e})", "connection", opens_breaker=True) from None
+            raise _connection_error(e) from None
         except oa.RateLimitError:
             raise CloudError("the cloud is rate limiting (429) after retries", "rate_limited", opens_breaker=True) from None
         except oa.AuthenticationError:
@@ -136,7 +146,6 @@ class AnthropicAdapter:
             resp = self.client.messages.create(
                 model=self.model,
                 max_tokens=max_tokens,
-                temperature=0,
                 messages=turns,
                 **({"system": system} if system else {}),
                 **({"stop_sequences": stops} if stops else {}),
@@ -144,7 +153,7 @@ class AnthropicAdapter:
         except an.APITimeoutError:
             raise CloudError("the cloud did not answer in time", "timeout", opens_breaker=True, billed=True) from None
         except an.APIConnectionError as e:
-            raise CloudError(f"cannot reach the cloud ({e.__cause__ or e})", "connection", opens_breaker=True) from None
+            raise _connection_error(e) from None
         except an.RateLimitError:
             raise CloudError("the cloud is rate limiting (429) after retries", "rate_limited", opens_breaker=True) from None
         except an.AuthenticationError:

@@ -224,7 +224,10 @@ def _agent(model: str | None, db, n_ctx: int, policy: str = "local-only", **clou
     from .presets import resolve_model
 
     name, path = resolve_model(model, progress=_join_progress())
-    return Agent(LocalModel(path, name, n_ctx=n_ctx), db, policy, **cloud)
+    threads = os.environ.get("EDGE_AGENT_THREADS")
+    if threads is not None and (not threads.isdigit() or int(threads) < 1):
+        raise InputError("EDGE_AGENT_THREADS must be a whole number >= 1")
+    return Agent(LocalModel(path, name, n_ctx=n_ctx, n_threads=int(threads) if threads else None), db, policy, **cloud)
 
 
 def _join_progress():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -176,6 +177,28 @@ def _create_private(path: Path) -> None:
         raise StoreError(f"cannot create database {path}: {e.strerror}: pass a writable --db path") from None
 
 
+@contextlib.contextmanager
+def _setup_lock(path: Path):
+    """An advisory lock on a sidecar file, held only while the schema is checked and migrated."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield  # read-only directory: fall back to SQLite's own locking
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def open_db(path: str | os.PathLike | None = None, *, create: bool = True) -> Database:
     """Open (creating if needed) the database, apply pending migrations and return it."""
     path = Path(path).expanduser() if path else default_path()
@@ -193,18 +216,22 @@ def open_db(path: str | os.PathLike | None = None, *, create: bool = True) -> Da
         conn = sqlite3.connect(str(path), timeout=10.0)
         db = Database(conn, execute_plugins=False)
         conn.execute("PRAGMA busy_timeout = 10000")
-        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-        if mode != "wal":
-            conn.execute("PRAGMA journal_mode = wal")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = NORMAL")
-        applied = {m.name for m in migrations.applied(db)}
-        unknown = applied - KNOWN_MIGRATIONS
-        if unknown:
-            raise StoreError(
-                f"database {path} was written by a newer edge-agent (schema {sorted(unknown)[-1]}): upgrade edge-agent"
-            )
-        migrations.apply(db)
+        with _setup_lock(path):  # two processes opening a new DB at once must not race the migrations
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = wal")
+            applied = {m.name for m in migrations.applied(db)}
+            unknown = applied - KNOWN_MIGRATIONS
+            if unknown:
+                raise StoreError(
+                    f"database {path} was written by a newer edge-agent (schema {sorted(unknown)[-1]}): upgrade edge-agent"
+                )
+            if migrations.pending(db):
+                migrations.apply(db)
+        from .ledger import reclaim_stale
+
+        reclaim_stale(db)
     except sqlite3.DatabaseError as e:
         msg = str(e)
         if "locked" in msg or "busy" in msg:

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from .repo import new_id, now
+from .repo import new_id, now, write_txn
 
 SCOPES = ("session", "day", "month")
 
@@ -98,7 +98,7 @@ def settle(
 ) -> str:
     """Replace a reservation by the call's actual cost, in one transaction. Returns the call id."""
     call_id = new_id()
-    with db.atomic():
+    with write_txn(db):
         row = db.execute("SELECT amount_nusd, created_at FROM budget_reservations WHERE id = ?", [reservation_id]).fetchone()
         reserved, created = (row[0], row[1]) if row else (0, now())
         db["budget_reservations"].update(reservation_id, {"status": "settled", "settled_at": now()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -17,6 +18,29 @@ from sqlite_utils import Database
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _lock = threading.Lock()
 _last = [0, 0]  # ms, random part: keeps ids monotonic within a process
+
+
+@contextlib.contextmanager
+def write_txn(db: Database):
+    """A write transaction that takes the write lock up front (``BEGIN IMMEDIATE``).
+
+    sqlite-utils' ``atomic()`` opens a deferred transaction; in WAL mode a deferred transaction that
+    reads first and writes later fails at once with "database is locked" when another process wrote
+    in between. Taking the lock first makes concurrent writers wait (busy_timeout) instead.
+    """
+    if db.conn.in_transaction:
+        with write_txn(db):
+            yield db
+        return
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    else:
+        db.conn.execute("COMMIT")
 
 
 def new_id() -> str:
@@ -75,7 +99,7 @@ def new_session(
 ) -> str:
     sid = new_id()
     ts = now()
-    with db.atomic():
+    with write_txn(db):
         db["sessions"].insert(
             {
                 "id": sid,
@@ -111,7 +135,7 @@ def commit_step(
     """
     step_id = step.id or new_id()
     ts = now()
-    with db.atomic():
+    with write_txn(db):
         db["steps"].insert(
             {
                 "id": step_id,
@@ -155,12 +179,12 @@ def record_event(db: Database, session_id: str, step_idx: int, event: TriggerEve
 
 
 def set_status(db: Database, session_id: str, status: str, answer: str | None = None) -> None:
-    with db.atomic():
+    with write_txn(db):
         db["sessions"].update(session_id, {"status": status, "answer": answer, "updated_at": now()})
 
 
 def update_settings(db: Database, session_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-    with db.atomic():
+    with write_txn(db):
         row = db.execute("SELECT settings FROM sessions WHERE id = ?", [session_id]).fetchone()
         settings = {**json.loads(row[0] or "{}"), **changes}
         db["sessions"].update(session_id, {"settings": json.dumps(settings, sort_keys=True), "updated_at": now()})
@@ -168,7 +192,7 @@ def update_settings(db: Database, session_id: str, changes: dict[str, Any]) -> d
 
 
 def add_wall_time(db: Database, session_id: str, seconds: float) -> None:
-    with db.atomic():
+    with write_txn(db):
         db.execute(
             "UPDATE sessions SET wall_s = COALESCE(wall_s, 0) + ?, updated_at = ? WHERE id = ?",
             [round(seconds, 4), now(), session_id],
@@ -254,7 +278,7 @@ def rollback_to(db: Database, session_id: str, to_idx: int, reason: str = "user"
         )
     rid = new_id()
     later = [r["id"] for r in active if r["idx"] >= to_idx]
-    with db.atomic():
+    with write_txn(db):
         db["rollbacks"].insert(
             {
                 "id": rid,

@@ -60,3 +60,42 @@ def run_cli(*args: str, input: bytes | None = None, env: dict | None = None, tim
         env=full_env,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def llama_server(smol_path):
+    """The real llama.cpp OpenAI-compatible server on loopback, serving the embedded model as 'local'."""
+    from edge_agent.cloud_local import start_server
+
+    proc, base = start_server(smol_path, alias="local", n_ctx=2048, n_threads=1)
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def anthropic_relay(llama_server):
+    from tests.servers import AnthropicRelay
+
+    relay = AnthropicRelay(llama_server)
+    yield relay
+    relay.close()
+
+
+@pytest.fixture
+def fault_server():
+    from tests.servers import FaultServer
+
+    servers = []
+
+    def make(mode: str, hang_s: float = 5.0):
+        s = FaultServer(mode, hang_s)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()

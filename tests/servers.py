@@ -1,0 +1,135 @@
+"""Loopback HTTP servers for tests: an Anthropic Messages relay to the real llama.cpp server, and a
+scripted fault server (used only for fault injection)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Server:
+    def __init__(self, handler_cls):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
+        self.httpd.daemon_threads = True
+        self.httpd.owner = self
+        self.requests: list[dict] = []
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _body(self) -> dict:
+        n = int(self.headers.get("content-length") or 0)
+        data = json.loads(self.rfile.read(n) or b"{}")
+        self.server.owner.requests.append({"path": self.path, "body": data, "headers": dict(self.headers)})
+        return data
+
+    def _send(self, code: int, payload, headers: dict | None = None) -> None:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class AnthropicRelay(_Server):
+    """Speaks the Anthropic Messages API and forwards to an OpenAI-compatible server (llama.cpp)."""
+
+    def __init__(self, upstream: str, upstream_model: str = "local"):
+        self.upstream = upstream
+        self.upstream_model = upstream_model
+        super().__init__(_RelayHandler)
+
+
+class _RelayHandler(_Handler):
+    def do_POST(self):
+        req = self._body()
+        owner = self.server.owner
+        msgs = []
+        for s in req.get("system") or []:
+            msgs.append({"role": "system", "content": s["text"]})
+        for m in req["messages"]:
+            content = m["content"]
+            text = content if isinstance(content, str) else "".join(b["text"] for b in content)
+            msgs.append({"role": m["role"], "content": text})
+        payload = {"model": owner.upstream_model, "messages": msgs, "max_tokens": req["max_tokens"], "temperature": 0}
+        if req.get("stop_sequences"):
+            payload["stop"] = req["stop_sequences"]
+        up = urllib.request.Request(owner.upstream + "/chat/completions", json.dumps(payload).encode(),
+                                    {"content-type": "application/json"})
+        with urllib.request.urlopen(up, timeout=60) as r:
+            data = json.loads(r.read())
+        u = data["usage"]
+        self._send(200, {
+            "id": "msg_relay", "type": "message", "role": "assistant", "model": req["model"],
+            "content": [{"type": "text", "text": data["choices"][0]["message"]["content"] or ""}],
+            "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": u["prompt_tokens"], "output_tokens": u["completion_tokens"],
+                      "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
+        })
+
+
+def _completion(text: str, usage: bool = True) -> dict:
+    out = {
+        "id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }
+    if usage:
+        out["usage"] = {"prompt_tokens": 50, "completion_tokens": 7, "total_tokens": 57}
+    return out
+
+
+class FaultServer(_Server):
+    """An OpenAI-shaped server that fails in one scripted way: mode is set per test."""
+
+    def __init__(self, mode: str, hang_s: float = 5.0):
+        self.mode = mode
+        self.hang_s = hang_s
+        super().__init__(_FaultHandler)
+
+
+class _FaultHandler(_Handler):
+    def do_POST(self):
+        self._body()
+        mode = self.server.owner.mode
+        if mode == "hang":
+            time.sleep(self.server.owner.hang_s)
+            return self._send(200, _completion("too late"))
+        if mode == "429":
+            return self._send(429, {"error": {"message": "slow down", "type": "rate_limit"}}, {"retry-after": "0"})
+        if mode in ("500", "502", "503"):
+            return self._send(int(mode), {"error": {"message": "boom", "type": "server_error"}})
+        if mode == "malformed":
+            return self._send(200, b'{"id": "x", "choices": [ {"message": ')
+        if mode == "truncated":
+            body = json.dumps(_completion("A truncated answer.")).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body) + 500))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if mode == "no_usage":
+            return self._send(200, _completion("Half of 2 is 1, so 2 + 1 = 3 bolts.", usage=False))
+        if mode == "bad_json_reply":
+            return self._send(200, _completion("I think step 2 is wrong but here is no JSON."))
+        return self._send(200, _completion("2 + 1 = 3, so \\boxed{3}."))
