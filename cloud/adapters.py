@@ -41,6 +41,23 @@ def _connection_error(e: BaseException) -> CloudError:
                       opens_breaker=True, billed=True)
 
 
+def _sdk_error(sdk: Any, e: Exception, key_env: str) -> CloudError:
+    """Map an official SDK's exception (openai and anthropic share the class names) to a CloudError."""
+    if isinstance(e, sdk.APITimeoutError):
+        return CloudError("the cloud did not answer in time", "timeout", opens_breaker=True, billed=True)
+    if isinstance(e, sdk.APIConnectionError):
+        return _connection_error(e)
+    if isinstance(e, sdk.RateLimitError):
+        return CloudError("the cloud is rate limiting (429) after retries", "rate_limited", opens_breaker=True)
+    if isinstance(e, sdk.AuthenticationError):
+        return CloudError(f"the cloud rejected the API key (401): check {key_env}", "auth", opens_breaker=True)
+    if isinstance(e, sdk.APIStatusError):
+        code = e.status_code
+        return CloudError(f"the cloud answered HTTP {code}", f"http_{code}", opens_breaker=code >= 500 or code == 529)
+    # malformed JSON, a truncated body, a response that fails validation
+    return CloudError(f"the cloud sent a malformed response ({type(e).__name__})", "malformed", opens_breaker=True, billed=True)
+
+
 class OpenAIAdapter:
     """Any OpenAI-compatible endpoint: OpenAI, DeepSeek, vLLM, Ollama, llama.cpp's server."""
 
@@ -71,19 +88,8 @@ class OpenAIAdapter:
                 temperature=0,
                 **({"stop": list(stop)[:4]} if stop else {}),
             )
-        except oa.APITimeoutError:
-            raise CloudError("the cloud did not answer in time", "timeout", opens_breaker=True, billed=True) from None
-        except oa.APIConnectionError as e:
-            raise _connection_error(e) from None
-        except oa.RateLimitError:
-            raise CloudError("the cloud is rate limiting (429) after retries", "rate_limited", opens_breaker=True) from None
-        except oa.AuthenticationError:
-            raise CloudError("the cloud rejected the API key (401): check OPENAI_API_KEY", "auth", opens_breaker=True) from None
-        except oa.APIStatusError as e:
-            opens = e.status_code >= 500
-            raise CloudError(f"the cloud answered HTTP {e.status_code}", f"http_{e.status_code}", opens_breaker=opens) from None
-        except Exception as e:  # malformed JSON, truncated body, validation failures
-            raise CloudError(f"the cloud sent a malformed response ({type(e).__name__})", "malformed", opens_breaker=True, billed=True) from None
+        except Exception as e:
+            raise _sdk_error(oa, e, "OPENAI_API_KEY") from None
         try:
             text = resp.choices[0].message.content or ""
         except (AttributeError, IndexError, TypeError):
@@ -150,19 +156,8 @@ class AnthropicAdapter:
                 **({"system": system} if system else {}),
                 **({"stop_sequences": stops} if stops else {}),
             )
-        except an.APITimeoutError:
-            raise CloudError("the cloud did not answer in time", "timeout", opens_breaker=True, billed=True) from None
-        except an.APIConnectionError as e:
-            raise _connection_error(e) from None
-        except an.RateLimitError:
-            raise CloudError("the cloud is rate limiting (429) after retries", "rate_limited", opens_breaker=True) from None
-        except an.AuthenticationError:
-            raise CloudError("the cloud rejected the API key (401): check ANTHROPIC_API_KEY", "auth", opens_breaker=True) from None
-        except an.APIStatusError as e:
-            opens = e.status_code >= 500 or e.status_code == 529
-            raise CloudError(f"the cloud answered HTTP {e.status_code}", f"http_{e.status_code}", opens_breaker=opens) from None
         except Exception as e:
-            raise CloudError(f"the cloud sent a malformed response ({type(e).__name__})", "malformed", opens_breaker=True, billed=True) from None
+            raise _sdk_error(an, e, "ANTHROPIC_API_KEY") from None
         try:
             text = "".join(b.text for b in resp.content if getattr(b, "type", "") == "text")
         except (AttributeError, TypeError):

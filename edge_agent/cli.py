@@ -116,7 +116,10 @@ def _open(db_path: str | None, create: bool = True):
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = 160  # piped output: do not squeeze tables into 80 columns
+    return console
 
 
 @click.group(cls=Group, context_settings=CONTEXT_SETTINGS)
@@ -518,6 +521,98 @@ def cost(days, db_path, as_json):
         f"caps: session {fmt(caps['session'])} · day {fmt(caps['day'])} (left {fmt(out['remaining_usd']['day'])}) · "
         f"month {fmt(caps['month'])} (left {fmt(out['remaining_usd']['month'])})"
     )
+
+
+@cli.command()
+@click.option("--dataset", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="JSONL file with fields id, problem, answer.")
+@click.option("--limit", type=int, help="Only the first N problems.")
+@click.option("--policies", default="local-only,cloud-only", show_default=True, help="Comma-separated policies to compare.")
+@click.option("--model", "-m", envvar="EDGE_AGENT_MODEL", help="Local model: preset name or GGUF path.")
+@click.option("--max-steps", default=12, show_default=True, type=int, help="Step cap per problem.")
+@click.option("--max-step-tokens", default=256, show_default=True, type=int, help="Token cap per step.")
+@click.option("--n-ctx", default=4096, show_default=True, type=int, help="Local context size.")
+@click.option("--out", "out_dir", default="bench/out", show_default=True, type=click.Path(file_okay=False, path_type=str),
+              help="Folder for results.jsonl/json/csv, the plot and bench.db.")
+@click.option("--resume", is_flag=True, help="Continue a run in --out, skipping finished (policy, problem) pairs.")
+@cloud_options
+@json_option
+def bench(dataset, limit, policies, model, max_steps, max_step_tokens, n_ctx, out_dir, resume, cloud_spec,
+          cloud_base_url, offline, max_cost, price_in, price_out, as_json):
+    """Run every problem under every policy; report accuracy, PGR, cloud tokens, cost and time."""
+    from pathlib import Path
+
+    from triggers import get_policy
+
+    from .agent import Settings
+    from .bench import Bench, load_dataset, summarize, write_reports
+    from .config import load_config
+
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    for n in names:
+        get_policy(n)
+    problems = load_dataset(Path(dataset), limit)
+    settings = Settings(max_steps, max_step_tokens, 0.0, n_ctx, 0)
+    cfg = load_config()
+    caps = _caps(cfg, max_cost)
+    cloud = _make_cloud(cfg, cloud_spec, cloud_base_url, offline, price_in, price_out)
+    if cloud is None and any(get_policy(n).uses_cloud for n in names):
+        raise InputError("these policies need a cloud: pass --cloud PROVIDER:MODEL (see 'edge-agent cloud-local')")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "results.jsonl").exists() and not resume:
+        raise InputError(f"{out} already holds results: pass --resume to continue them, or another --out")
+    db = _open(str(out / "bench.db"))
+    agents: dict[str, Any] = {}
+
+    def make_agent(policy, db):
+        if "local" not in agents:
+            agents["local"] = _agent(model, db, n_ctx, policy, cloud=cloud, caps=caps, offline=offline)
+        from .agent import Agent
+
+        base = agents["local"]
+        return Agent(base.model, db, policy, cloud=cloud, caps=caps, offline=offline)
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    runner = Bench(out, make_agent, settings)
+    total = len(problems) * len(names)
+    tally: dict[str, list[int]] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=_console(stderr=True), transient=as_json) as bar:
+        task = bar.add_task("bench", total=total)
+
+        def progress(row):
+            t = tally.setdefault(row["policy"], [0, 0])
+            t[0] += row["correct"]
+            t[1] += 1
+            bar.update(task, advance=1, description=" · ".join(f"{k} {v[0]}/{v[1]}" for k, v in tally.items()))
+
+        results = runner.run(problems, names, db, progress)
+    summaries = summarize(results)
+    meta = {"dataset": Path(dataset).name, "n": len(problems), "model": model or "smollm2-135m",
+            "cloud": f"{cloud.provider}:{cloud.model}" if cloud else None, "policies": names,
+            "max_steps": max_steps, "max_step_tokens": max_step_tokens}
+    paths = write_reports(out, results, summaries, meta)
+    if as_json:
+        from dataclasses import asdict
+
+        click.echo(json.dumps({"meta": meta, "summary": [asdict(s) for s in summaries],
+                               "files": {k: str(v) for k, v in paths.items()}}))
+        return
+    from rich.table import Table
+
+    table = Table("policy", "n", "acc", "PGR", "offload", "cloud in/pb", "cloud out/pb", "USD/pb", "ΔIBC",
+                  "wall s mean", "p50", "p90", "local s", "cloud s")
+    f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
+    for s in summaries:
+        table.add_row(s.policy, str(s.n), f"{s.accuracy:.1%}", f(s.pgr, ".2f"), f(s.offload_ratio, ".2f"),
+                      f"{s.cloud_in_per_problem:.0f}", f"{s.cloud_out_per_problem:.0f}", f"{s.usd_per_problem:.6f}",
+                      f(s.delta_ibc, "+.2f"), f"{s.wall_mean:.1f}", f"{s.wall_p50:.1f}", f"{s.wall_p90:.1f}",
+                      f"{s.local_s_mean:.1f}", f"{s.cloud_s_mean:.1f}")
+    console = _console()
+    console.print(table)
+    console.print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
 
 
 @cli.command("cloud-local")

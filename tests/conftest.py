@@ -19,6 +19,9 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("HOME", os.environ.get("HOME", str(tmp_path)))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # One llama.cpp thread per process: the suite runs a model server beside the model under test,
+    # and llama.cpp's spinning thread pools slow to a crawl when they outnumber the cores.
+    monkeypatch.setenv("EDGE_AGENT_THREADS", "1")
     monkeypatch.delenv("EDGE_AGENT_MODEL", raising=False)
     yield
 
@@ -35,7 +38,7 @@ def smol(smol_path):
     """One loaded SmolLM2 context shared by the tests that drive the model directly."""
     from edge_agent.local import LocalModel
 
-    model = LocalModel(smol_path, "smollm2-135m", n_ctx=2048)
+    model = LocalModel(smol_path, "smollm2-135m", n_ctx=2048, n_threads=1)
     model.llm  # load now
     yield model
     model.close()

