@@ -47,7 +47,11 @@ def cost_nusd(price: Price, *, input_tokens: int, output_tokens: int, cached_tok
 
 def worst_case_nusd(price: Price, *, input_tokens: int, max_tokens: int) -> int:
     """The most a call can cost: every input token at the highest input rate, max_tokens of output."""
-    top_in = max(price.input, price.cache_write if price.cache_write is not None else price.input * 1.25)
+    top_in = max(
+        price.input,
+        price.cached_input if price.cached_input is not None else 0.0,
+        price.cache_write if price.cache_write is not None else price.input * 1.25,
+    )
     return _nusd(input_tokens, top_in) + _nusd(max_tokens, price.output)
 
 

@@ -95,6 +95,7 @@ class Summary:
     cloud_s_mean: float
     pgr: float | None = None
     delta_ibc: float | None = None
+    cloud_unavailable: int = 0  # problems on which the cloud failed (the solve went on locally)
 
 
 def summarize(results: list[dict[str, Any]]) -> list[Summary]:
@@ -121,6 +122,7 @@ def summarize(results: list[dict[str, Any]]) -> list[Summary]:
             wall_p90=_pct(walls, 0.9),
             local_s_mean=statistics.mean(r["usage"]["local_s"] for r in rs),
             cloud_s_mean=statistics.mean(r["usage"]["cloud_s"] for r in rs),
+            cloud_unavailable=sum(1 for r in rs if r.get("cloud_available") is False and r["policy"] != "local-only"),
         ))
     s_acc = next((s.accuracy for s in out if s.policy == "local-only"), None)
     cloud = next((s for s in out if s.policy == "cloud-only"), None)
@@ -178,6 +180,7 @@ class Bench:
                     "stated": rep["answer"] is not None, "correct": grade(p["answer"], predicted),
                     "status": rep["status"], "session_id": res.session_id, "usage": rep["usage"],
                     "events": len(rep["events"]),
+                    "cloud_available": rep["cloud"]["available"],
                 }
                 with open(self.results_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")

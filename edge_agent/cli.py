@@ -612,6 +612,10 @@ def bench(dataset, limit, policies, model, max_steps, max_step_tokens, n_ctx, ou
                       f"{s.local_s_mean:.1f}", f"{s.cloud_s_mean:.1f}")
     console = _console()
     console.print(table)
+    for s in summaries:
+        if s.cloud_unavailable:
+            console.print(f"[yellow]warning: the cloud was unavailable on {s.cloud_unavailable} of {s.n} problems "
+                          f"under {s.policy}; those solves finished locally (see events in bench.db)[/yellow]")
     console.print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
 
 

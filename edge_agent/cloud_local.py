@@ -28,9 +28,10 @@ def start_server(model_path: Path, *, port: int | None = None, alias: str = "loc
     except ImportError:
         raise CloudError("the local server needs the 'server' extra: pip install 'edge-agent[server]'", "setup") from None
     port = port or free_port()
-    # --cache: keep the KV of the shared prompt prefix (problem + earlier steps) between calls
+    # No --cache: llama-cpp-python's RAM cache stores whole context states and was OOM-killed at
+    # 22 GB here; the server's single context already reuses the longest common prompt prefix.
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
-           "--port", str(port), "--model_alias", alias, "--n_ctx", str(n_ctx), "--cache", "true"]
+           "--port", str(port), "--model_alias", alias, "--n_ctx", str(n_ctx)]
     threads = n_threads or os.cpu_count() or 1  # the server's own default is half the cores
     cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
     proc = subprocess.Popen(cmd, stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)

@@ -89,7 +89,7 @@ class TrimThr(_Base):
 
     name = "trim-thr"
     uses_cloud = True
-    default_tau = 0.30
+    default_tau = 0.68  # 20% quantile of 132 step scores, 20 GSM8K dev problems, qwen2.5-coder-0.5b
 
     def __init__(self, tau: float | None = None, scorer: str = "logprob") -> None:
         from .scorers import SCORERS
