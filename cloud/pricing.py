@@ -26,10 +26,17 @@ class Price:
                 raise ValueError("prices must be finite and >= 0")
 
 
+def _exact(tokens: int, usd_per_million: float) -> Decimal:
+    """Exact cost of ``tokens`` at a per-million price, in nano-dollars (not rounded)."""
+    return Decimal(int(tokens)) * Decimal(repr(float(usd_per_million))) * 1000
+
+
+def _ceil(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding="ROUND_CEILING"))
+
+
 def _nusd(tokens: int, usd_per_million: float) -> int:
-    """Exact cost of ``tokens`` at a per-million price, rounded up to a whole nano-dollar."""
-    exact = Decimal(int(tokens)) * Decimal(repr(float(usd_per_million))) * 1000  # nUSD
-    return int(exact.to_integral_value(rounding="ROUND_CEILING"))
+    return _ceil(_exact(tokens, usd_per_million))
 
 
 def cost_nusd(price: Price, *, input_tokens: int, output_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0) -> int:
@@ -37,11 +44,12 @@ def cost_nusd(price: Price, *, input_tokens: int, output_tokens: int, cached_tok
     plain = max(input_tokens - cached_tokens - cache_write_tokens, 0)
     cached_price = price.input if price.cached_input is None else price.cached_input
     write_price = price.input * 1.25 if price.cache_write is None else price.cache_write
-    return (
-        _nusd(plain, price.input)
-        + _nusd(cached_tokens, cached_price)
-        + _nusd(cache_write_tokens, write_price)
-        + _nusd(output_tokens, price.output)
+    # one rounding over the exact sum, so the actual cost can never exceed the worst case
+    return _ceil(
+        _exact(plain, price.input)
+        + _exact(cached_tokens, cached_price)
+        + _exact(cache_write_tokens, write_price)
+        + _exact(output_tokens, price.output)
     )
 
 

@@ -85,3 +85,11 @@ def test_stale_reservation_of_a_dead_process_is_reclaimed_at_full_amount(tmp_pat
     [row] = store.cloud_calls(db, sid)
     assert (row["status"], row["cost_nusd"]) == ("reclaimed", 1234)
     assert db.execute("SELECT status FROM budget_reservations WHERE id = ?", [rid]).fetchone()[0] == "settled"
+
+
+def test_rounding_never_lifts_actual_cost_above_the_reservation():
+    # a case hypothesis found: two tiny components each rounded up would exceed the single-rounded worst case
+    price = Price(input=2.853908822917947e-48, output=0.0)
+    worst = worst_case_nusd(price, input_tokens=2, max_tokens=1)
+    assert cost_nusd(price, input_tokens=2, output_tokens=0, cached_tokens=1) <= worst
+    assert cost_nusd(Price(1.0, 2.0), input_tokens=1_000_000, output_tokens=500_000) == 2_000_000_000  # $2.00 exactly
