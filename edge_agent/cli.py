@@ -480,7 +480,6 @@ def models(install, as_json):
 @json_option
 def cost(days, db_path, as_json):
     """Cloud spend by day, provider and model, with the caps in force and what is left."""
-    import store
     from store import ledger
 
     from .config import load_config
