@@ -11,7 +11,7 @@ import store
 from triggers import Policy, get_policy
 
 from .answer import extract_answer
-from .errors import InputError, SessionError
+from .errors import InputError
 from .local import LocalModel
 from .prompts import cloud_step_messages, intervene_messages, messages, plan_messages
 from .values import Step, TriggerEvent
@@ -197,11 +197,7 @@ class Agent:
         """Continue a session from its last committed step until it finishes."""
         cb = callbacks or Callbacks()
         state = store.load_state(self.db, session_id)
-        if state.status in store.FINISHED:
-            raise SessionError(
-                f"session {session_id} is already finished ({state.status}): "
-                "use 'edge-agent rollback' to redo steps, or start a new solve"
-            )
+        store.ensure_resumable(state)
         settings = Settings.from_dict(state.settings)
         t0 = time.perf_counter()
         self.model.reseed(settings.seed)

@@ -293,13 +293,7 @@ def _agent_for_session(db, session_id: str, offline: bool = False):
     from .config import load_config
 
     state = store.load_state(db, session_id)
-    if state.status in store.FINISHED:
-        from .errors import SessionError
-
-        raise SessionError(
-            f"session {session_id} is already finished ({state.status}): "
-            "use 'edge-agent rollback' to redo steps, or start a new solve"
-        )
+    store.ensure_resumable(state)
     settings = Settings.from_dict(state.settings)
     cfg = load_config()
     offline = offline or bool(state.settings.get("offline"))

@@ -228,6 +228,15 @@ def _step_from_row(row: dict[str, Any]) -> Step:
     )
 
 
+def ensure_resumable(state: SessionState) -> None:
+    """Refuse to continue a finished session (one place for the rule and its message)."""
+    if state.status in FINISHED:
+        raise SessionError(
+            f"session {state.id} is already finished ({state.status}): "
+            "use 'edge-agent rollback' to redo steps, or start a new solve"
+        )
+
+
 def load_steps(db: Database, session_id: str, *, include_superseded: bool = False) -> list[dict[str, Any]]:
     where = "session_id = ?" + ("" if include_superseded else " AND superseded_by IS NULL")
     return list(db["steps"].rows_where(where, [session_id], order_by="id"))
@@ -235,11 +244,10 @@ def load_steps(db: Database, session_id: str, *, include_superseded: bool = Fals
 
 def load_state(db: Database, session_id: str) -> SessionState:
     """Rebuild the exact reasoning state of a session from the database."""
-    row = db.execute("SELECT * FROM sessions WHERE id = ?", [session_id]).fetchone()
-    if row is None:
+    found = list(db["sessions"].rows_where("id = ?", [session_id]))
+    if not found:
         raise SessionError(f"no session {session_id!r} in this database: see 'edge-agent sessions' for ids")
-    cols = [d[0] for d in db.execute("SELECT * FROM sessions LIMIT 0").description]
-    s = dict(zip(cols, row))
+    s = found[0]
     steps = [_step_from_row(r) for r in load_steps(db, session_id)]
     return SessionState(
         id=s["id"],
