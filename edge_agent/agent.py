@@ -13,8 +13,8 @@ from triggers import Policy, get_policy
 from .answer import extract_answer
 from .errors import InputError
 from .local import LocalModel
-from .prompts import cloud_step_messages, intervene_messages, messages, plan_messages
-from .values import Step, TriggerEvent
+from .prompts import cloud_step_messages, intervene_messages, messages, plan_messages, solve_messages
+from .values import Action, Step, TriggerEvent
 
 MAX_PROBLEM_BYTES = 64_000
 
@@ -51,6 +51,7 @@ class Callbacks:
     step_start: Callable[[int, str], None] | None = None  # (index, author)
     text: Callable[[str], None] | None = None
     step_end: Callable[[Step], None] | None = None
+    trigger: Callable[[TriggerEvent, str], None] | None = None  # (fired event, action)
 
 
 def check_problem(problem: str, n_ctx: int) -> str:
@@ -125,7 +126,7 @@ class Agent:
         return Budget(self.db, self.caps, session_id)
 
     def _ask(self, session_id: str, msgs: list[dict[str, str]], *, purpose: str, step_idx: int,
-             max_tokens: int, events: list) -> Any:
+             max_tokens: int, events: list, stop: Any = None) -> Any:
         """One cloud call; on refusal or failure, record why and return None (the local model goes on)."""
         from .errors import BudgetDenied, CloudError
 
@@ -135,7 +136,8 @@ class Agent:
             return None
         try:
             return self.cloud.call(msgs, max_tokens=max_tokens, budget=self._budget(session_id), purpose=purpose,
-                                   step_idx=step_idx, stop=["\n\n"] if purpose != "intervene" else [])
+                                   step_idx=step_idx,
+                                   stop=stop if stop is not None else (["\n\n"] if purpose != "intervene" else []))
         except BudgetDenied as e:
             events.append((TriggerEvent("budget_denied", True, score=e.committed_usd + e.needed_usd, threshold=e.cap_usd,
                                         detail={"purpose": purpose, "scope": e.scope, "message": str(e)}), "keep_local"))
@@ -192,91 +194,169 @@ class Agent:
         events.append((TriggerEvent("cloud_error", True, detail={"purpose": "intervene", "kind": "invalid_json"}), "keep_local"))
         return None
 
+    def solve_in_cloud(self, session_id: str, problem: str, index: int, max_steps: int, events: list,
+                       max_tokens: int = 1024) -> list[Step]:
+        """The large model alone: one call for the whole solution, split into steps at blank lines."""
+        reply = self._ask(session_id, solve_messages(problem), purpose="solve", step_idx=index,
+                          max_tokens=max_tokens, events=events, stop=())
+        if reply is None:
+            return []
+        parts = [p.strip() for p in reply.text.strip().split("\n\n") if p.strip()]
+        if not parts:
+            events.append((TriggerEvent("cloud_error", True, detail={"purpose": "solve", "kind": "empty"}), "keep_local"))
+            return []
+        for n, part in enumerate(parts):  # stop at the first stated answer
+            if extract_answer(part) is not None:
+                parts = parts[: n + 1]
+                break
+        if len(parts) > max_steps:  # the step cap holds: the tail becomes one last step
+            parts = parts[: max_steps - 1] + ["\n".join(parts[max_steps - 1:])]
+        share = reply.latency_s / len(parts)
+        return [self._as_step(part, index + n, "step", "cloud_only", share,
+                              "answer" if extract_answer(part) is not None else "separator")
+                for n, part in enumerate(parts)]
+
     # -- the loop -------------------------------------------------------------------------------------
     def run(self, session_id: str, callbacks: Callbacks | None = None) -> RunResult:
         """Continue a session from its last committed step until it finishes."""
-        cb = callbacks or Callbacks()
         state = store.load_state(self.db, session_id)
         store.ensure_resumable(state)
         settings = Settings.from_dict(state.settings)
         t0 = time.perf_counter()
         self.model.reseed(settings.seed)
-        prompt = self.model.prompt_tokens(messages(state.problem))
-        steps = list(state.steps)
-        context = list(prompt)
-        for s in steps:
-            context.extend(s.token_ids)
-        status, answer = "running", None
-        new: list[Step] = []
-        while status == "running":
-            if sum(1 for s in steps if s.kind != "plan") >= settings.max_steps:
-                status = "max_steps"
-                store.set_status(self.db, session_id, status)
+        reset = getattr(self.policy, "reset", None)
+        if reset is not None:
+            reset(state.problem)
+        r = _Run(session_id, state.problem, settings, list(state.steps), callbacks or Callbacks())
+        r.prompt = self.model.prompt_tokens(messages(state.problem))
+        while r.status == "running":
+            if sum(1 for s in r.steps if s.kind != "plan") >= settings.max_steps:
+                self._finish(r, "max_steps")
                 break
-            room = self.model.room(len(context))
+            room = self.model.room(len(r.context()))
             if room < 8:
-                status = "context_full"
-                store.set_status(self.db, session_id, status)
+                self._finish(r, "context_full")
                 break
-            index = len(steps)
             events: list = []
-            step = None
-            evaluated = 0
-            pre = self.policy.before_step(steps)
-            if pre.kind == "rewrite":
-                events.append((TriggerEvent(pre.trigger or "policy", True, pre.score, pre.threshold), "rewrite"))
-                step = self.rewrite_step(session_id, state.problem, steps, index, pre.trigger, events, settings.max_step_tokens)
-                if step is not None and cb.step_start:
-                    cb.step_start(index, "cloud")
-                    if cb.text:
-                        cb.text(step.text)
-            if step is None:
-                if cb.step_start:
-                    cb.step_start(index, "local")
-                draft = self.model.next_step(
-                    context,
-                    max_tokens=min(settings.max_step_tokens, room),
-                    temperature=settings.temperature,
-                    on_text=cb.text,
-                )
-                if not draft.token_ids:  # the model closed its turn with nothing more to say
-                    status = "ended"
-                    store.set_status(self.db, session_id, status)
-                    break
-                evaluated = draft.evaluated
-                step = Step(index=index, author="local", kind="step", text=draft.text, raw=draft.raw,
-                            token_ids=draft.token_ids, signals=draft.signals, finish=draft.finish, seconds=draft.seconds)
-                if pre.kind != "rewrite":
-                    fired = [e for e in self.policy.check(steps, step) if e.fired]
-                    action = self.policy.decide(steps, step, fired)
-                    events.extend((e, action.kind) for e in fired)
-                    if action.kind == "rewrite":
-                        if cb.step_end:
-                            cb.step_end(step)
-                        written = self.rewrite_step(session_id, state.problem, steps, index, action.trigger, events,
-                                                    settings.max_step_tokens)
-                        if written is not None:
-                            events.append((TriggerEvent("local_draft", True, detail={"text": step.text[:2000], "tokens": step.tokens}), "replaced"))
-                            step = written
-                            if cb.step_start:
-                                cb.step_start(index, "cloud")
-                                if cb.text:
-                                    cb.text(step.text)
-            answer = extract_answer(step.text)
-            if answer is not None:
-                status = "done"
-            elif step.finish == "eos":
-                status = "ended"
-            elif step.finish == "context":
-                status = "context_full"
-            store.commit_step(self.db, session_id, step, evaluated=evaluated, events=events, status=status, answer=answer)
-            steps.append(step)
-            new.append(step)
-            context.extend(step.token_ids)
-            if cb.step_end:
-                cb.step_end(step)
+            pre = self.policy.before_step(r.steps)
+            if pre.kind != "accept":
+                events.append((TriggerEvent(pre.trigger or "policy", True, pre.score, pre.threshold), pre.kind))
+                if self._cloud_first(r, pre, events):
+                    continue
+            self._local_step(r, room, events, check=pre.kind == "accept")
         store.add_wall_time(self.db, session_id, time.perf_counter() - t0)
-        return RunResult(session_id, status, answer, time.perf_counter() - t0, new)
+        return RunResult(session_id, r.status, r.answer, time.perf_counter() - t0, r.new)
+
+    def _cloud_first(self, r: "_Run", pre: Action, events: list) -> bool:
+        """The policy wants the cloud before any local draft. True if the cloud wrote something."""
+        index = len(r.steps)
+        if pre.kind == "solve":
+            left = r.settings.max_steps - sum(1 for s in r.steps if s.kind != "plan")
+            written = self.solve_in_cloud(r.sid, r.problem, index, left, events,
+                                          max_tokens=min(r.settings.max_step_tokens * r.settings.max_steps, 1024))
+            for n, step in enumerate(written):
+                self._commit(r, step, events if n == 0 else [])
+            return bool(written)
+        if pre.kind == "plan":
+            step = self.plan(r.sid, r.problem, events)
+        else:
+            step = self.rewrite_step(r.sid, r.problem, r.steps, index, pre.trigger, events, r.settings.max_step_tokens)
+        if step is None:
+            return False
+        self._commit(r, step, events)
+        return True
+
+    def _local_step(self, r: "_Run", room: int, events: list, check: bool) -> None:
+        """Draft a step locally, let the policy judge it, and commit what stands."""
+        index = len(r.steps)
+        if r.cb.step_start:
+            r.cb.step_start(index, "local")
+        draft = self.model.next_step(r.context(), max_tokens=min(r.settings.max_step_tokens, room),
+                                     temperature=r.settings.temperature, on_text=r.cb.text)
+        if not draft.token_ids:  # the model closed its turn with nothing more to say
+            self._finish(r, "ended")
+            return
+        step = Step(index=index, author="local", kind="step", text=draft.text, raw=draft.raw,
+                    token_ids=draft.token_ids, signals=draft.signals, finish=draft.finish, seconds=draft.seconds)
+        if not check:
+            self._commit(r, step, events, evaluated=draft.evaluated)
+            return
+        fired = [e for e in self.policy.check(r.steps, step) if e.fired]
+        action = self.policy.decide(r.steps, step, fired)
+        events.extend((e, action.kind) for e in fired)
+        for e in fired:
+            if r.cb.trigger:
+                r.cb.trigger(e, action.kind)
+        if action.kind == "accept":
+            self._commit(r, step, events, evaluated=draft.evaluated)
+            return
+        if r.cb.step_end:
+            r.cb.step_end(step)
+        replaced = (TriggerEvent("local_draft", True, detail={"text": step.text[:2000], "tokens": step.tokens}), "replaced")
+        if action.kind == "plan":
+            plan = self.plan(r.sid, r.problem, events)
+            if plan is not None:  # the draft is dropped; the local model starts again with the plan
+                self._commit(r, plan, events + [replaced])
+                return
+        elif action.kind == "intervene":
+            verdict = self.intervene(r.sid, r.problem, r.steps + [step], events, r.settings.max_step_tokens)
+            if verdict is not None:
+                k, text = verdict
+                back = k if k is not None and k < index and r.steps[k].kind != "plan" else None
+                at = index if back is None else back
+                written = self._as_step(text, at, "intervention", action.trigger or "loop", 0.0,
+                                        "answer" if extract_answer(text) is not None else "separator")
+                self._commit(r, written, events + [replaced], rollback=back)
+                return
+        else:
+            written = self.rewrite_step(r.sid, r.problem, r.steps, index, action.trigger, events, r.settings.max_step_tokens)
+            if written is not None:
+                self._commit(r, written, events + [replaced])
+                return
+        self._commit(r, step, events, evaluated=draft.evaluated)
+
+    def _commit(self, r: "_Run", step: Step, events: list, *, evaluated: int = 0, rollback: int | None = None) -> None:
+        """One transaction: the step (the new checkpoint), its events, the session status."""
+        if step.author == "cloud" and r.cb.step_start:
+            r.cb.step_start(step.index, "cloud")
+            if r.cb.text:
+                r.cb.text(step.text)
+        answer = extract_answer(step.text)
+        status = "done" if answer is not None else {"eos": "ended", "context": "context_full"}.get(step.finish, "running")
+        store.commit_step(self.db, r.sid, step, evaluated=evaluated, events=events, status=status, answer=answer,
+                          rollback_reason="intervention" if rollback is not None else None)
+        if rollback is not None:
+            r.steps = r.steps[:rollback]
+        r.steps.append(step)
+        r.new.append(step)
+        r.status, r.answer = status, answer
+        if r.cb.step_end:
+            r.cb.step_end(step)
+
+    def _finish(self, r: "_Run", status: str) -> None:
+        r.status = status
+        store.set_status(self.db, r.sid, status)
+
+
+@dataclass
+class _Run:
+    """The state of one ``run``: the accepted steps are the context the local model continues."""
+
+    sid: str
+    problem: str
+    settings: Settings
+    steps: list[Step]
+    cb: Callbacks
+    prompt: list[int] = field(default_factory=list)
+    new: list[Step] = field(default_factory=list)
+    status: str = "running"
+    answer: str | None = None
+
+    def context(self) -> list[int]:
+        tokens = list(self.prompt)
+        for s in self.steps:
+            tokens.extend(s.token_ids)
+        return tokens
 
 
 def parse_intervention(text: str, n_steps: int) -> tuple[int | None, str] | None:

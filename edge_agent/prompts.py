@@ -20,6 +20,12 @@ CLOUD_STEP_SYSTEM = (
     "If this step reaches the final answer, end it with \\boxed{ANSWER}."
 )
 
+SOLVE_SYSTEM = (
+    "You are an expert mathematician. Solve the problem step by step. Write each step as one short "
+    "paragraph with its calculation and separate steps with a blank line. "
+    "End with the final answer in the form \\boxed{ANSWER}."
+)
+
 PLAN_SYSTEM = (
     "You are an expert mathematician. Write a very short plan for solving the problem: at most 3 numbered "
     "sub-goals, one line each. Do not calculate anything and do not state any result."
@@ -44,6 +50,10 @@ def cloud_step_messages(problem: str, steps) -> list[dict[str, str]]:
         {"role": "system", "content": CLOUD_STEP_SYSTEM},
         {"role": "user", "content": f"Problem:\n{problem}\n\nSteps so far:\n{transcript(steps)}\n\nWrite the next step."},
     ]
+
+
+def solve_messages(problem: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SOLVE_SYSTEM}, {"role": "user", "content": problem}]
 
 
 def plan_messages(problem: str) -> list[dict[str, str]]:

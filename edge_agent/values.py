@@ -73,9 +73,9 @@ class TriggerEvent:
 
 @dataclass(frozen=True)
 class Action:
-    """What the policy decided for a step: accept | rewrite | intervene."""
+    """What the policy decided for a step: accept | rewrite | intervene | plan | solve."""
 
-    kind: Literal["accept", "rewrite", "intervene"] = "accept"
+    kind: Literal["accept", "rewrite", "intervene", "plan", "solve"] = "accept"
     trigger: str | None = None
     score: float | None = None
     threshold: float | None = None

@@ -128,14 +128,19 @@ def commit_step(
     events: list[tuple[TriggerEvent, str]] = (),  # (event, action taken)
     status: str = "running",
     answer: str | None = None,
+    rollback_reason: str | None = None,
 ) -> str:
     """Write one accepted step with its events and the session's new status in one transaction.
 
-    The step is the checkpoint: a crash after this returns loses nothing before it.
+    The step is the checkpoint: a crash after this returns loses nothing before it. With
+    ``rollback_reason``, active steps at or after ``step.index`` are superseded in the same
+    transaction (an intervention that replaces a wrong step), so no crash can leave half a rollback.
     """
     step_id = step.id or new_id()
     ts = now()
     with write_txn(db):
+        if rollback_reason is not None:
+            _supersede(db, session_id, step.index, rollback_reason)
         db["steps"].insert(
             {
                 "id": step_id,
@@ -284,23 +289,22 @@ def rollback_to(db: Database, session_id: str, to_idx: int, reason: str = "user"
             if active
             else f"session {session_id} has no steps to roll back"
         )
-    rid = new_id()
-    later = [r["id"] for r in active if r["idx"] >= to_idx]
     with write_txn(db):
-        db["rollbacks"].insert(
-            {
-                "id": rid,
-                "session_id": session_id,
-                "to_idx": to_idx,
-                "reason": reason,
-                "superseded": len(later),
-                "created_at": now(),
-            }
-        )
-        db.execute(
-            f"UPDATE steps SET superseded_by = ? WHERE id IN ({','.join('?' * len(later))})", [rid, *later]
-        )
+        rid = _supersede(db, session_id, to_idx, reason)
         db["sessions"].update(session_id, {"status": "running", "answer": None, "updated_at": now()})
+    return rid
+
+
+def _supersede(db: Database, session_id: str, to_idx: int, reason: str) -> str:
+    """Inside a write transaction: mark active steps with index >= ``to_idx`` superseded, log the rollback."""
+    rid = new_id()
+    later = [row[0] for row in db.execute(
+        "SELECT id FROM steps WHERE session_id = ? AND superseded_by IS NULL AND idx >= ?", [session_id, to_idx])]
+    db["rollbacks"].insert(
+        {"id": rid, "session_id": session_id, "to_idx": to_idx, "reason": reason, "superseded": len(later), "created_at": now()}
+    )
+    if later:
+        db.execute(f"UPDATE steps SET superseded_by = ? WHERE id IN ({','.join('?' * len(later))})", [rid, *later])
     return rid
 
 

@@ -36,6 +36,7 @@ def test_trim_thr_rewrites_only_below_tau():
 def test_every_k_and_cloud_only():
     every = get_policy("every-k")
     assert [every.check([], _step(i))[0].fired for i in range(4)] == [False, True, False, True]
-    assert get_policy("cloud-only").before_step([]).kind == "rewrite"
+    assert get_policy("cloud-only").before_step([]).kind == "solve"  # the large model alone: one call
+    assert get_policy("cloud-only").before_step([_step(0)]).kind == "rewrite"  # then step by step if short
     assert get_policy("local-only").before_step([]).kind == "accept"
     assert get_policy("local-only").uses_cloud is False

@@ -56,12 +56,16 @@ class LocalOnly(_Base):
 
 
 class CloudOnly(_Base):
-    """Baseline: the cloud writes every step through the same loop (the local model only on failure)."""
+    """Baseline: the large model alone. It writes the whole solution in one call (split into steps);
+    if that stops short of an answer it goes on step by step. The local model writes only when the
+    cloud cannot (refused by the budget, or down)."""
 
     name = "cloud-only"
     uses_cloud = True
 
     def before_step(self, steps: Sequence[Step]) -> Action:
+        if not steps:
+            return Action("solve", trigger="cloud_only", reason="cloud-only solves the whole problem")
         return Action("rewrite", trigger="cloud_only", reason="cloud-only writes every step")
 
 
