@@ -67,6 +67,22 @@ class Budget:
         return ledger.settle(self.db, reservation_id, session_id=self.session_id, **call)
 
 
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        from store import ledger
+
+        return ledger.cache_get(self.db, key)
+
+    def cache_put(self, key: str, **entry: Any) -> None:
+        from store import ledger
+
+        ledger.cache_put(self.db, key, **entry)
+
+    def record_cache_hit(self, **call: Any) -> str:
+        from store import ledger
+
+        return ledger.record_cache_hit(self.db, session_id=self.session_id, **call)
+
+
 def actual_cost(price: Price, usage: dict[str, int]) -> int:
     return cost_nusd(
         price,

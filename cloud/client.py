@@ -16,10 +16,11 @@ from .pricing import Price, lookup, usd
 
 
 class Cloud:
-    def __init__(self, adapter: Any, price: Price, breaker: CircuitBreaker | None = None) -> None:
+    def __init__(self, adapter: Any, price: Price, breaker: CircuitBreaker | None = None, *, cache: bool = False) -> None:
         self.adapter = adapter
         self.price = price
         self.breaker = breaker or CircuitBreaker()
+        self.cache = cache  # opt-in: replay identical requests (for sweeps); hits cost 0 and keep a would-be cost
 
     @property
     def provider(self) -> str:
@@ -40,6 +41,12 @@ class Cloud:
         stop: Sequence[str] = (),
     ) -> CloudReply:
         """Reserve, call, settle. Raises BudgetDenied (nothing sent) or CloudError (settled and recorded)."""
+        key = None
+        if self.cache:
+            key = request_key(self.provider, self.model, getattr(self.adapter, "base_url", None), messages, max_tokens, stop)
+            hit = budget.cache_get(key)
+            if hit is not None:
+                return self._replay(hit, budget, purpose, step_idx)
         if not self.breaker.allow():
             raise CloudError(f"the cloud is paused after an error ({self.breaker.reason})", "circuit_open")
         reservation, reserved = budget.reserve(
@@ -72,6 +79,8 @@ class Cloud:
             cost, status, usage = actual_cost(self.price, raw.usage), "ok", raw.usage
         budget.settle(reservation, **record, **usage, cost_nusd=cost, latency_s=latency, status=status)
         self.breaker.reset()
+        if key is not None and status == "ok":
+            budget.cache_put(key, provider=self.provider, model=self.model, text=raw.text, usage=_usage4(usage))
         return CloudReply(
             text=raw.text,
             input_tokens=usage["input_tokens"],
@@ -82,6 +91,31 @@ class Cloud:
             provider=self.provider,
             model=self.model,
         )
+
+
+    def _replay(self, hit: dict[str, Any], budget: Budget, purpose: str, step_idx: int | None) -> CloudReply:
+        usage = _usage4(hit)
+        would_be = actual_cost(self.price, usage)
+        budget.record_cache_hit(step_idx=step_idx, purpose=purpose, provider=self.provider, model=self.model,
+                                usage=usage, would_be_nusd=would_be)
+        return CloudReply(text=hit["text"], input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"],
+                          cached_tokens=usage["cached_tokens"], cost_usd=0.0, latency_s=0.0,
+                          provider=self.provider, model=self.model)
+
+
+def _usage4(u: dict[str, Any]) -> dict[str, int]:
+    return {k: int(u.get(k) or 0) for k in ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens")}
+
+
+def request_key(provider: str, model: str, base_url: str | None, messages: Sequence[dict[str, str]],
+                max_tokens: int, stop: Sequence[str]) -> str:
+    """The response-cache key: a hash of the exact request."""
+    import hashlib
+    import json
+
+    body = json.dumps({"provider": provider, "model": model, "base_url": base_url, "messages": list(messages),
+                       "max_tokens": max_tokens, "stop": list(stop)}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -103,6 +137,7 @@ def make_cloud(
     max_retries: int = 2,
     cooldown_s: float = 60.0,
     http_client: Any = None,
+    cache: bool = False,
 ) -> Cloud:
     provider, model = parse_spec(spec)
     chosen = price or lookup(model, prices)
@@ -114,4 +149,4 @@ def make_cloud(
     adapter = ADAPTERS[provider](
         model, base_url=base_url, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries, http_client=http_client
     )
-    return Cloud(adapter, chosen, CircuitBreaker(cooldown_s))
+    return Cloud(adapter, chosen, CircuitBreaker(cooldown_s), cache=cache)

@@ -109,7 +109,7 @@ class Agent:
             problem=problem,
             model=self.model.name,
             model_path=str(self.model.path),
-            policy=self.policy.name,
+            policy=getattr(self.policy, "label", self.policy.name),
             settings={**asdict(settings), "offline": self.offline},
             cloud_provider=self.cloud.provider if self.cloud else None,
             cloud_model=self.cloud.model if self.cloud else None,

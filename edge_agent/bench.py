@@ -87,7 +87,7 @@ class Summary:
     offload_ratio: float | None
     cloud_in_per_problem: float
     cloud_out_per_problem: float
-    usd_per_problem: float
+    usd_per_problem: float  # what the policy costs (cache hits at their would-be price)
     wall_mean: float
     wall_p50: float
     wall_p90: float
@@ -96,6 +96,8 @@ class Summary:
     pgr: float | None = None
     delta_ibc: float | None = None
     cloud_unavailable: int = 0  # problems on which the cloud failed (the solve went on locally)
+    spent_usd_per_problem: float = 0.0  # money actually spent (0 for replies served from the cache)
+    cloud_out_share: float | None = None  # cloud output tokens as a share of cloud-only's
 
 
 def summarize(results: list[dict[str, Any]]) -> list[Summary]:
@@ -116,7 +118,8 @@ def summarize(results: list[dict[str, Any]]) -> list[Summary]:
             offload_ratio=local_steps / (local_steps + cloud_steps) if local_steps + cloud_steps else None,
             cloud_in_per_problem=sum(r["usage"]["cloud_input_tokens"] for r in rs) / n,
             cloud_out_per_problem=sum(r["usage"]["cloud_output_tokens"] for r in rs) / n,
-            usd_per_problem=sum(r["usage"]["cost_usd"] for r in rs) / n,
+            usd_per_problem=sum(r["usage"].get("would_be_cost_usd", r["usage"]["cost_usd"]) for r in rs) / n,
+            spent_usd_per_problem=sum(r["usage"]["cost_usd"] for r in rs) / n,
             wall_mean=statistics.mean(walls),
             wall_p50=_pct(walls, 0.5),
             wall_p90=_pct(walls, 0.9),
@@ -129,10 +132,45 @@ def summarize(results: list[dict[str, Any]]) -> list[Summary]:
     for s in out:
         if s_acc is not None and cloud is not None and cloud.accuracy != s_acc:
             s.pgr = (s.accuracy - s_acc) / (cloud.accuracy - s_acc)
+        if cloud is not None and cloud.cloud_out_per_problem > 0:
+            s.cloud_out_share = s.cloud_out_per_problem / cloud.cloud_out_per_problem
         if cloud is not None and cloud.usd_per_problem > 0 and cloud.accuracy > 0 and s.usd_per_problem > 0:
             ibc, ibc_cloud = s.accuracy / s.usd_per_problem, cloud.accuracy / cloud.usd_per_problem
             s.delta_ibc = (ibc - ibc_cloud) / ibc_cloud
     return out
+
+
+def cpt(summaries: list[Summary], target: float) -> float | None:
+    """CPT(x): the least cloud output tokens, as a share of cloud-only's, of any policy point with PGR >= x.
+
+    Read off the measured points (no interpolation); None if no point reaches x.
+    """
+    shares = [s.cloud_out_share for s in summaries
+              if s.pgr is not None and s.cloud_out_share is not None and s.pgr >= target - 1e-12]
+    return min(shares) if shares else None
+
+
+def pareto_front(summaries: list[Summary], cost: Callable[[Summary], float] = lambda s: s.cloud_out_per_problem) -> list[Summary]:
+    """Points no other point beats on both accuracy (higher) and cost (lower), cheapest first."""
+    front = []
+    for s in sorted(summaries, key=lambda s: (cost(s), -s.accuracy)):
+        if not front or s.accuracy > front[-1].accuracy:
+            front.append(s)
+    return front
+
+
+def quantile(values: list[float], q: float, *, lower: bool = False) -> float:
+    """Quantile, q in [0, 1]: linear interpolation (numpy's default), or with ``lower`` the sample at
+    or below it, so that the share of values strictly below the result never exceeds q."""
+    if not values:
+        raise InputError("no step scores to calibrate on: run the policy on some problems first")
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    if lower:
+        return s[lo]
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 class Bench:
@@ -194,6 +232,7 @@ def write_reports(out: Path, results: list[dict], summaries: list[Summary], meta
     from dataclasses import asdict
 
     paths = {"json": out / "results.json", "csv": out / "results.csv", "png": out / "accuracy_vs_cloud_tokens.png"}
+    meta = {**meta, "cpt": {f"{int(x * 100)}%": cpt(summaries, x) for x in (0.5, 0.8, 0.95)}}
     paths["json"].write_text(json.dumps({"meta": meta, "summary": [asdict(s) for s in summaries], "results": results}, indent=1))
     with open(paths["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(asdict(summaries[0])))
@@ -205,10 +244,19 @@ def write_reports(out: Path, results: list[dict], summaries: list[Summary], meta
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for s in summaries:
-        ax.scatter([s.cloud_out_per_problem], [s.accuracy * 100], s=60)
-        ax.annotate(s.policy, (s.cloud_out_per_problem, s.accuracy * 100), textcoords="offset points", xytext=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    families: dict[str, list[Summary]] = {}
+    for s in summaries:  # variants of one policy (trim-thr(tau=...)) are drawn as one curve
+        families.setdefault(s.policy.split("(")[0], []).append(s)
+    for family, points in families.items():
+        points = sorted(points, key=lambda s: s.cloud_out_per_problem)
+        xs, ys = [p.cloud_out_per_problem for p in points], [p.accuracy * 100 for p in points]
+        ax.plot(xs, ys, marker="o", ms=7, label=family, linestyle="-" if len(points) > 1 else "none")
+        for p in points:
+            if len(points) > 1:
+                ax.annotate(p.policy[len(family):].strip("()"), (p.cloud_out_per_problem, p.accuracy * 100),
+                            textcoords="offset points", xytext=(5, -10), fontsize=7)
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel("cloud output tokens per problem")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{meta.get('dataset', '')} · n={summaries[0].n} · {meta.get('model', '')}")

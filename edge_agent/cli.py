@@ -66,7 +66,7 @@ def cloud_options(f):
     return f
 
 
-def _make_cloud(cfg, spec, base_url, offline, price_in, price_out):
+def _make_cloud(cfg, spec, base_url, offline, price_in, price_out, cache=False):
     """The configured cloud, or None (offline or none configured)."""
     if price_in is not None or price_out is not None:
         if price_in is None or price_out is None or price_in < 0 or price_out < 0:
@@ -91,6 +91,7 @@ def _make_cloud(cfg, spec, base_url, offline, price_in, price_out):
         timeout_s=float(cfg.cloud.get("timeout_s", 60)),
         max_retries=int(cfg.cloud.get("max_retries", 2)),
         cooldown_s=float(cfg.cloud.get("cooldown_s", 60)),
+        cache=cache,
     )
 
 
@@ -254,7 +255,8 @@ def _join_progress():
 @cli.command()
 @click.argument("problem")
 @click.option("--model", "-m", envvar="EDGE_AGENT_MODEL", help="Preset name or path to a GGUF file (see 'models').")
-@click.option("--policy", default="local-only", show_default=True, help="Escalation policy.")
+@click.option("--policy", default="local-only", show_default=True,
+              help="Escalation policy, optionally with parameters: trim-thr(tau=0.6). See 'edge-agent policies'.")
 @click.option("--max-steps", default=12, show_default=True, type=int, help="Stop after this many steps.")
 @click.option("--max-step-tokens", default=256, show_default=True, type=int, help="Token cap for one step.")
 @click.option("--n-ctx", default=4096, show_default=True, type=int, help="Local model context size in tokens.")
@@ -275,8 +277,8 @@ def solve(problem, model, policy, max_steps, max_step_tokens, n_ctx, temperature
 
     settings = Settings(max_steps, max_step_tokens, temperature, n_ctx, seed)
     text = check_problem(_read_problem(problem), n_ctx)
-    get_policy(policy)
     cfg = load_config()
+    policy = _policy_label(cfg, policy)
     caps = _caps(cfg, max_cost)
     cloud = _make_cloud(cfg, cloud_spec, cloud_base_url, offline, price_in, price_out)
     resolve_model(model)  # a bad --model fails before the database is touched
@@ -284,6 +286,13 @@ def solve(problem, model, policy, max_steps, max_step_tokens, n_ctx, temperature
     agent = _agent(model, db, n_ctx, policy, cloud=cloud, caps=caps, offline=offline)
     _run(agent, None, text, settings, as_json, verbose, extra={"cloud_base_url": cloud.adapter.base_url if cloud else None,
                                                                 "max_cost": max_cost})
+
+
+def _policy_label(cfg, spec: str) -> str:
+    """The policy with config defaults baked in, as the label a session stores (resume rebuilds it)."""
+    from triggers import get_policy, parse_spec
+
+    return get_policy(spec, cfg.policy.get(parse_spec(spec)[0])).label
 
 
 def _agent_for_session(db, session_id: str, offline: bool = False):
@@ -528,27 +537,48 @@ def cost(days, db_path, as_json):
 @click.option("--out", "out_dir", default="bench/out", show_default=True, type=click.Path(file_okay=False, path_type=str),
               help="Folder for results.jsonl/json/csv, the plot and bench.db.")
 @click.option("--resume", is_flag=True, help="Continue a run in --out, skipping finished (policy, problem) pairs.")
+@click.option("--cache-responses", is_flag=True,
+              help="Replay identical cloud requests from bench.db (for sweeps); hits cost nothing and are reported as would-be cost.")
 @cloud_options
 @json_option
-def bench(dataset, limit, policies, model, max_steps, max_step_tokens, n_ctx, out_dir, resume, cloud_spec,
-          cloud_base_url, offline, max_cost, price_in, price_out, as_json):
-    """Run every problem under every policy; report accuracy, PGR, cloud tokens, cost and time."""
+def bench(dataset, limit, policies, model, max_steps, max_step_tokens, n_ctx, out_dir, resume, cache_responses,
+          cloud_spec, cloud_base_url, offline, max_cost, price_in, price_out, as_json):
+    """Run every problem under every policy; report accuracy, PGR, CPT, cloud tokens, cost and time."""
+    from triggers import split_specs
+
+    from .config import load_config
+
+    cfg = load_config()
+    names = [_policy_label(cfg, p) for p in split_specs(policies)]
+    if not names:
+        raise InputError("--policies is empty: name at least one policy, e.g. local-only,cloud-only")
+    out = _run_bench(cfg, dataset, limit, names, model, max_steps, max_step_tokens, n_ctx, out_dir, resume,
+                     cache_responses, cloud_spec, cloud_base_url, offline, max_cost, price_in, price_out, as_json)
+    summaries, paths, meta = out
+    if as_json:
+        from dataclasses import asdict
+
+        click.echo(json.dumps({"meta": meta, "summary": [asdict(s) for s in summaries],
+                               "files": {k: str(v) for k, v in paths.items()}}))
+        return
+    _print_summaries(summaries, meta)
+    _console().print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
+
+
+def _run_bench(cfg, dataset, limit, names, model, max_steps, max_step_tokens, n_ctx, out_dir, resume, cache_responses,
+               cloud_spec, cloud_base_url, offline, max_cost, price_in, price_out, quiet):
+    """Run (policy x problem) into ``out_dir`` with a progress bar; returns (summaries, report paths, meta)."""
     from pathlib import Path
 
     from triggers import get_policy
 
     from .agent import Settings
     from .bench import Bench, load_dataset, summarize, write_reports
-    from .config import load_config
 
-    names = [p.strip() for p in policies.split(",") if p.strip()]
-    for n in names:
-        get_policy(n)
     problems = load_dataset(Path(dataset), limit)
     settings = Settings(max_steps, max_step_tokens, 0.0, n_ctx, 0)
-    cfg = load_config()
     caps = _caps(cfg, max_cost)
-    cloud = _make_cloud(cfg, cloud_spec, cloud_base_url, offline, price_in, price_out)
+    cloud = _make_cloud(cfg, cloud_spec, cloud_base_url, offline, price_in, price_out, cache=cache_responses)
     if cloud is None and any(get_policy(n).uses_cloud for n in names):
         raise InputError("these policies need a cloud: pass --cloud PROVIDER:MODEL (see 'edge-agent cloud-local')")
     out = Path(out_dir)
@@ -572,7 +602,7 @@ def bench(dataset, limit, policies, model, max_steps, max_step_tokens, n_ctx, ou
     total = len(problems) * len(names)
     tally: dict[str, list[int]] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=_console(stderr=True), transient=as_json) as bar:
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=_console(stderr=True), transient=quiet) as bar:
         task = bar.add_task("bench", total=total)
 
         def progress(row):
@@ -585,31 +615,146 @@ def bench(dataset, limit, policies, model, max_steps, max_step_tokens, n_ctx, ou
     summaries = summarize(results)
     meta = {"dataset": Path(dataset).name, "n": len(problems), "model": model or "smollm2-135m",
             "cloud": f"{cloud.provider}:{cloud.model}" if cloud else None, "policies": names,
-            "max_steps": max_steps, "max_step_tokens": max_step_tokens}
+            "max_steps": max_steps, "max_step_tokens": max_step_tokens, "cache_responses": cache_responses}
     paths = write_reports(out, results, summaries, meta)
-    if as_json:
-        from dataclasses import asdict
+    return summaries, paths, json.loads(paths["json"].read_text())["meta"]
 
-        click.echo(json.dumps({"meta": meta, "summary": [asdict(s) for s in summaries],
-                               "files": {k: str(v) for k, v in paths.items()}}))
-        return
+
+def _print_summaries(summaries, meta, front=()):
     from rich.table import Table
 
-    table = Table("policy", "n", "acc", "PGR", "offload", "cloud in/pb", "cloud out/pb", "USD/pb", "ΔIBC",
-                  "wall s mean", "p50", "p90", "local s", "cloud s")
+    table = Table("policy", "n", "acc", "PGR", "offload", "cloud in/pb", "cloud out/pb", "out share", "USD/pb",
+                  "spent/pb", "ΔIBC", "wall s mean", "p50", "p90", "local s", "cloud s")
     f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
+    marks = {s.policy for s in front}
     for s in summaries:
-        table.add_row(s.policy, str(s.n), f"{s.accuracy:.1%}", f(s.pgr, ".2f"), f(s.offload_ratio, ".2f"),
-                      f"{s.cloud_in_per_problem:.0f}", f"{s.cloud_out_per_problem:.0f}", f"{s.usd_per_problem:.6f}",
+        table.add_row(("★ " if s.policy in marks else "") + s.policy, str(s.n), f"{s.accuracy:.1%}", f(s.pgr, ".2f"),
+                      f(s.offload_ratio, ".2f"), f"{s.cloud_in_per_problem:.0f}", f"{s.cloud_out_per_problem:.0f}",
+                      f(s.cloud_out_share, ".0%"), f"{s.usd_per_problem:.6f}", f"{s.spent_usd_per_problem:.6f}",
                       f(s.delta_ibc, "+.2f"), f"{s.wall_mean:.1f}", f"{s.wall_p50:.1f}", f"{s.wall_p90:.1f}",
                       f"{s.local_s_mean:.1f}", f"{s.cloud_s_mean:.1f}")
     console = _console()
     console.print(table)
+    cpt = meta.get("cpt") or {}
+    if cpt:
+        console.print("CPT (cloud-only output-token share needed for PGR ≥ x): "
+                      + " · ".join(f"{k} {'–' if v is None else format(v, '.0%')}" for k, v in cpt.items()))
     for s in summaries:
         if s.cloud_unavailable:
             console.print(f"[yellow]warning: the cloud was unavailable on {s.cloud_unavailable} of {s.n} problems "
                           f"under {s.policy}; those solves finished locally (see events in bench.db)[/yellow]")
-    console.print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
+
+
+@cli.command()
+@click.option("--dataset", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="JSONL file with fields id, problem, answer (tuning reads only this).")
+@click.option("--policy", "policy_name", required=True, help="Policy to tune, e.g. trim-thr.")
+@click.option("--grid", help='Parameter grid, e.g. "tau=0.5,0.6,0.7;scorer=logprob".')
+@click.option("--target-escalation-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Instead of a grid: set the threshold to the quantile of logged local step scores that "
+                   "escalates this share of steps (RouteLLM-style).")
+@click.option("--target-pgr", default=0.95, show_default=True, type=float,
+              help="Grid: choose the cheapest Pareto point reaching this PGR (else the most accurate).")
+@click.option("--write-config/--no-write-config", default=True, show_default=True,
+              help="Write the chosen parameters to the config file under [policy.NAME].")
+@click.option("--limit", type=int, help="Only the first N problems.")
+@click.option("--model", "-m", envvar="EDGE_AGENT_MODEL", help="Local model: preset name or GGUF path.")
+@click.option("--max-steps", default=12, show_default=True, type=int, help="Step cap per problem.")
+@click.option("--max-step-tokens", default=256, show_default=True, type=int, help="Token cap per step.")
+@click.option("--n-ctx", default=4096, show_default=True, type=int, help="Local context size.")
+@click.option("--out", "out_dir", default="bench/tune", show_default=True, type=click.Path(file_okay=False, path_type=str),
+              help="Folder for the sweep's results (re-running resumes it).")
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="Also run local-only and cloud-only, so PGR and CPT can be computed.")
+@click.option("--cache-responses/--no-cache-responses", default=True, show_default=True,
+              help="Replay identical cloud requests so a grid does not pay twice for them.")
+@cloud_options
+@json_option
+def tune(dataset, policy_name, grid, target_escalation_rate, target_pgr, write_config, limit, model, max_steps,
+         max_step_tokens, n_ctx, out_dir, baselines, cache_responses, cloud_spec, cloud_base_url, offline, max_cost,
+         price_in, price_out, as_json):
+    """Sweep a policy's parameters (Pareto front of accuracy vs cloud tokens), or calibrate its threshold."""
+    from triggers import get_policy, parse_spec
+
+    from .bench import pareto_front
+    from .config import load_config, save_policy_params
+
+    cfg = load_config()
+    name, fixed = parse_spec(policy_name)
+    base = get_policy(policy_name)
+    if (grid is None) == (target_escalation_rate is None):
+        raise InputError("pass either --grid or --target-escalation-rate")
+    if target_escalation_rate is not None:
+        chosen = _calibrate(cfg, base, name, fixed, target_escalation_rate, dataset, limit, model, max_steps,
+                            max_step_tokens, n_ctx, out_dir, as_json)
+        summaries, front = [], []
+    else:
+        points = _grid_points(grid)
+        labels = [get_policy(name, {**fixed, **p}).label for p in points]
+        names = (["local-only", "cloud-only"] if baselines else []) + labels
+        summaries, paths, meta = _run_bench(cfg, dataset, limit, names, model, max_steps, max_step_tokens, n_ctx,
+                                            out_dir, True, cache_responses, cloud_spec, cloud_base_url, offline,
+                                            max_cost, price_in, price_out, as_json)
+        mine = [s for s in summaries if s.policy in labels]
+        front = pareto_front(mine)
+        reach = [s for s in front if s.pgr is not None and s.pgr >= target_pgr]
+        best = reach[0] if reach else max(front, key=lambda s: (s.accuracy, -s.cloud_out_per_problem))
+        chosen = dict(points[labels.index(best.policy)])
+    written = None
+    if write_config and chosen:
+        from triggers.policies import _convert
+
+        written = str(save_policy_params(name, {k: _convert(v) for k, v in chosen.items()}))
+    if as_json:
+        from dataclasses import asdict
+
+        click.echo(json.dumps({"policy": name, "chosen": chosen, "config": written,
+                               "pareto_front": [s.policy for s in front],
+                               "summary": [asdict(s) for s in summaries]}))
+        return
+    if summaries:
+        _print_summaries(summaries, meta, front)
+        _console().print("Pareto front (★): " + " → ".join(s.policy for s in front))
+    _console().print(f"chosen: {name} {chosen}" + (f" · written to {written}" if written else ""))
+
+
+def _grid_points(grid: str) -> list[dict[str, str]]:
+    import itertools
+
+    axes = []
+    for part in filter(None, (p.strip() for p in grid.split(";"))):
+        key, eq, values = part.partition("=")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not eq or not key.strip() or not vals:
+            raise InputError(f"--grid part {part!r} must be name=v1,v2,... (parts separated by ';')")
+        axes.append((key.strip(), vals))
+    if not axes:
+        raise InputError('--grid is empty: e.g. "tau=0.5,0.6,0.7"')
+    return [dict(zip([k for k, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
+
+
+def _calibrate(cfg, base, name, fixed, rate, dataset, limit, model, max_steps, max_step_tokens, n_ctx, out_dir, quiet):
+    """RouteLLM-style: tau = the quantile of local step scores below which ``rate`` of steps fall."""
+    import store
+
+    from .bench import quantile
+
+    param = getattr(base, "threshold_param", None)
+    if param is None or not hasattr(base, "score"):
+        raise InputError(f"policy {name} has no step score to calibrate: use --grid")
+    _run_bench(cfg, dataset, limit, ["local-only"], model, max_steps, max_step_tokens, n_ctx, out_dir, True, False,
+               None, None, True, None, None, None, quiet)
+    from pathlib import Path
+
+    db = _open(str(Path(out_dir) / "bench.db"))
+    rows = [json.loads(line) for line in (Path(out_dir) / "results.jsonl").read_text().splitlines() if line.strip()]
+    sids = [r["session_id"] for r in rows if r["policy"] == "local-only"]
+    scores = [base.score(s) for sid in sids for s in store.load_state(db, sid).steps if s.author == "local" and s.kind == "step"]
+    tau = quantile(scores, rate, lower=True)  # the realised escalation rate stays <= the target
+    if not quiet:
+        _console().print(f"{len(scores)} local step scores from {len(sids)} problems; "
+                         f"{param} = {rate:.0%} quantile = {tau}")
+    return {**fixed, param: tau}
 
 
 @cli.command("cloud-local")

@@ -21,6 +21,9 @@
     input = 0.5
     output = 1.5
     cached_input = 0.1
+
+    [policy."trim-thr"]            # policy parameters (written by 'edge-agent tune')
+    tau = 0.62
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Config:
     budget: dict[str, float] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     prices: dict[str, Any] = field(default_factory=dict)  # model -> cloud.pricing.Price
+    policy: dict[str, dict[str, Any]] = field(default_factory=dict)  # policy name -> parameters
     path: Path | None = None
 
 
@@ -78,8 +82,11 @@ def load_config(path: Path | None = None) -> Config:
         if section == "prices":
             cfg.prices = _prices(path, values)
             continue
+        if section == "policy":
+            cfg.policy = _policy_params(path, values)
+            continue
         if section not in SCHEMA:
-            raise ConfigError(f"config {path}: unknown section [{section}]: use {', '.join([*SCHEMA, 'prices'])}")
+            raise ConfigError(f"config {path}: unknown section [{section}]: use {', '.join([*SCHEMA, 'prices', 'policy'])}")
         if not isinstance(values, dict):
             raise ConfigError(f"config {path}: [{section}] must be a table")
         for key, value in values.items():
@@ -108,3 +115,68 @@ def _prices(path: Path, values: Any) -> dict[str, Any]:
         except (TypeError, ValueError):
             raise ConfigError(f"config {path}: prices.{model} must be non-negative numbers") from None
     return out
+
+
+def _policy_params(path: Path, values: Any) -> dict[str, dict[str, Any]]:
+    from triggers import POLICIES
+
+    if not isinstance(values, dict):
+        raise ConfigError(f'config {path}: [policy] must hold tables like [policy."trim-thr"]')
+    for name, params in values.items():
+        if name not in POLICIES:
+            raise ConfigError(f"config {path}: unknown policy {name!r} under [policy]: use {', '.join(POLICIES)}")
+        if not isinstance(params, dict) or not all(isinstance(v, (int, float, str, bool)) for v in params.values()):
+            raise ConfigError(f"config {path}: policy.{name} must be a table of numbers, strings or booleans")
+    return {k: dict(v) for k, v in values.items()}
+
+
+def _toml_value(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Serialize the config's shape: tables of scalars, and tables of tables ([prices."m"], [policy."p"])."""
+    import json
+
+    lines: list[str] = []
+    for section, values in data.items():
+        flat = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        nested = {k: v for k, v in values.items() if isinstance(v, dict)}
+        if flat:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in flat.items()]
+            lines.append("")
+        for name, table in nested.items():
+            lines.append(f"[{section}.{json.dumps(name)}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def save_policy_params(name: str, params: dict[str, Any], path: Path | None = None) -> Path:
+    """Write one policy's parameters into the config file (mode 0600), keeping everything else in it."""
+    path = path or config_path()
+    data: dict[str, Any] = {}
+    if path.exists():
+        load_config(path)  # refuse to rewrite a config that is invalid now
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data.setdefault("policy", {}).setdefault(name, {}).update(params)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(dump_toml(data))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    load_config(path)  # what was written must read back
+    return path

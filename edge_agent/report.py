@@ -72,13 +72,17 @@ def session_report(db: Any, session_id: str, *, verbose: bool = True) -> dict[st
             for e in evs
         ],
         "usage": {
+            "cache_hits": sum(1 for c in calls if c["status"] == "cache_hit"),
             "local_steps": u.local_steps,
             "cloud_steps": u.cloud_steps,
             "offload_ratio": round(ratio, 4) if ratio is not None else None,
             "local_tokens": u.local_tokens,
             "cloud_input_tokens": u.cloud_input_tokens,
             "cloud_output_tokens": u.cloud_output_tokens,
-            "cost_usd": round(u.cost_usd, 8),
+            "cost_usd": round(u.cost_usd, 8),  # money actually spent
+            # what the same calls cost without the response cache (equal to cost_usd when it is off)
+            "would_be_cost_usd": round(sum(c.get("would_be_nusd") if c.get("would_be_nusd") is not None
+                                           else (c.get("cost_nusd") or 0) for c in calls) / 1e9, 8),
             "wall_s": round(state.wall_s, 3),
             "local_s": round(u.local_s, 3),
             "cloud_s": round(u.cloud_s, 3),

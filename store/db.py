@@ -137,6 +137,26 @@ def m002_budget(db: Database) -> None:
     db["cloud_calls"].add_column("cache_write_tokens", int)
 
 
+@migrations()
+def m003_response_cache(db: Database) -> None:
+    db["response_cache"].create(
+        {
+            "key": str,  # sha256 of the exact request: provider, model, endpoint, messages, params
+            "provider": str,
+            "model": str,
+            "text": str,
+            "input_tokens": int,
+            "output_tokens": int,
+            "cached_tokens": int,
+            "cache_write_tokens": int,
+            "created_at": str,
+        },
+        pk="key",
+    )
+    # what a call would have cost without the cache; equal to cost_nusd for a real call
+    db["cloud_calls"].add_column("would_be_nusd", int)
+
+
 KNOWN_MIGRATIONS = {m.name for m in migrations._migrations}
 
 

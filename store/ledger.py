@@ -115,6 +115,7 @@ def settle(
                 "cached_tokens": cached_tokens,
                 "cache_write_tokens": cache_write_tokens,
                 "cost_nusd": cost_nusd,
+                "would_be_nusd": cost_nusd,
                 "cost_usd": cost_nusd / 1e9,
                 "reserved_nusd": reserved,
                 "reservation_id": reservation_id,
@@ -124,6 +125,43 @@ def settle(
                 # the call counts in the day/month its reservation was taken, so a settle after
                 # midnight cannot move spend out from under yesterday's cap
                 "created_at": created,
+            }
+        )
+    return call_id
+
+
+def cache_get(db: Database, key: str) -> dict[str, Any] | None:
+    rows = list(db.query("SELECT * FROM response_cache WHERE key = ?", [key]))
+    return rows[0] if rows else None
+
+
+def cache_put(db: Database, key: str, *, provider: str, model: str, text: str, usage: dict[str, int]) -> None:
+    with write_txn(db):
+        db["response_cache"].insert(
+            {"key": key, "provider": provider, "model": model, "text": text, **usage, "created_at": now()}, replace=True
+        )
+
+
+def record_cache_hit(
+    db: Database,
+    *,
+    session_id: str,
+    step_idx: int | None,
+    purpose: str,
+    provider: str,
+    model: str,
+    usage: dict[str, int],
+    would_be_nusd: int,
+) -> str:
+    """A reply served from the response cache: nothing spent (cost 0), its would-be cost kept apart."""
+    call_id = new_id()
+    with write_txn(db):
+        db["cloud_calls"].insert(
+            {
+                "id": call_id, "session_id": session_id, "step_idx": step_idx, "purpose": purpose,
+                "provider": provider, "model": model, **usage,
+                "cost_nusd": 0, "would_be_nusd": would_be_nusd, "cost_usd": 0.0, "reserved_nusd": 0,
+                "reservation_id": None, "latency_s": 0.0, "status": "cache_hit", "error": None, "created_at": now(),
             }
         )
     return call_id

@@ -5,14 +5,15 @@ import sqlite3
 
 import pytest
 
-from edge_agent.bench import fallback_answer, grade, summarize
+from edge_agent.bench import cpt, fallback_answer, grade, pareto_front, quantile, summarize
 from tests.conftest import run_cli
 
 
 @pytest.mark.parametrize(
     "gold, predicted, ok",
     [("72", "72", True), ("3", "3 bolts", True), ("\\frac{1}{2}", "0.5", True), ("1,000", "1000", True),
-     ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\frac{\\pi}{2})", True), ("72", "73", False), ("5", None, False)],
+     ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\frac{\\pi}{2})", True), ("72", "73", False), ("5", None, False),
+     ("0.5", "\\boxed{\\frac{1}{2}}", True), ("72", "27", False)],
 )
 def test_grade(gold, predicted, ok):
     assert grade(gold, predicted) is ok
@@ -74,3 +75,56 @@ def test_bench_refuses_cloud_policies_without_a_cloud(tmp_path):
     data.write_text(json.dumps({"id": "a", "problem": "1+1?", "answer": "2"}) + "\n")
     proc = run_cli("bench", "--dataset", str(data), "--policies", "cloud-only", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "need a cloud" in proc.stderr.decode()
+
+
+def test_cpt_pareto_and_quantile_by_hand():
+    rows = (
+        [_row("local-only", c) for c in (1, 0, 0, 0)]  # S = 25%
+        + [_row("cloud-only", c, 200, 0.01, local=0, cloud=4) for c in (1, 1, 1, 0)]  # L = 75%, 200 out/pb
+        + [_row("t(tau=0.5)", c, 20) for c in (1, 1, 0, 0)]  # PGR 0.5 at 10% of cloud-only's tokens
+        + [_row("t(tau=0.7)", c, 40) for c in (1, 1, 0, 0)]  # same accuracy, dearer: off the front
+        + [_row("t(tau=0.9)", c, 100) for c in (1, 1, 1, 0)]  # PGR 1.0 at 50%
+    )
+    s = summarize(rows)
+    by = {x.policy: x for x in s}
+    assert by["t(tau=0.9)"].cloud_out_share == pytest.approx(0.5)
+    assert cpt(s, 0.5) == pytest.approx(0.1)
+    assert cpt(s, 0.95) == pytest.approx(0.5)
+    assert cpt(summarize([r for r in rows if r["policy"] != "cloud-only"]), 0.5) is None  # no cloud-only: undefined
+    front = [x.policy for x in pareto_front([x for x in s if x.policy.startswith("t(")])]
+    assert front == ["t(tau=0.5)", "t(tau=0.9)"]
+    assert quantile([4.0, 1.0, 3.0, 2.0], 0.5) == pytest.approx(2.5)
+    assert quantile([0.0, 1.0], 0.2) == pytest.approx(0.2)
+    assert quantile([4.0, 1.0, 3.0, 2.0], 0.5, lower=True) == 2.0
+
+
+def test_a_killed_bench_resumes_without_redoing_a_finished_problem(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"What is {i} times {i}?", "answer": str(i * i)}) + "\n"
+                            for i in (2, 3, 4)))
+    out = tmp_path / "out"
+    args = ["bench", "--dataset", str(data), "--policies", "local-only", "--out", str(out),
+            "--max-steps", "4", "--max-step-tokens", "48", "--json", "--resume"]
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (results.exists() and results.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = [json.loads(x)["id"] for x in results.read_text().splitlines() if x.strip()]
+    assert 1 <= len(finished) < 3
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    ids = [json.loads(x)["id"] for x in results.read_text().splitlines() if x.strip()]
+    assert sorted(ids) == ["p2", "p3", "p4"]  # each problem exactly once
+    conn = sqlite3.connect(out / "bench.db")
+    for pid, problem in (("p2", "What is 2 times 2?"), ("p3", "What is 3 times 3?")):
+        if pid in finished:  # solved before the kill: never solved again
+            assert conn.execute("SELECT COUNT(*) FROM sessions WHERE problem = ?", [problem]).fetchone()[0] == 1

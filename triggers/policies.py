@@ -34,6 +34,18 @@ class Policy(Protocol):
 class _Base:
     name = "base"
     uses_cloud = False
+    params: dict[str, object] = {}
+    threshold_param: str | None = None  # the knob ``tune --target-escalation-rate`` calibrates
+
+    @property
+    def label(self) -> str:
+        """Name plus parameters, e.g. ``trim-thr(tau=0.6)``: what a session stores, so resume rebuilds it."""
+        if not self.params:
+            return self.name
+        return f"{self.name}({','.join(f'{k}={v}' for k, v in sorted(self.params.items()))})"
+
+    def reset(self, problem: str) -> None:
+        """Called when a run starts or resumes."""
 
     def before_step(self, steps: Sequence[Step]) -> Action:
         return ACCEPT
@@ -76,7 +88,10 @@ class EveryK(_Base):
     uses_cloud = True
 
     def __init__(self, k: int = 2) -> None:
+        if k < 1:
+            raise ValueError("k must be >= 1")
         self.k = k
+        self.params = {"k": k} if k != 2 else {}
 
     def check(self, steps: Sequence[Step], step: Step) -> list[TriggerEvent]:
         position = step.index + 1
@@ -93,17 +108,26 @@ class TrimThr(_Base):
 
     name = "trim-thr"
     uses_cloud = True
+    threshold_param = "tau"
     default_tau = 0.68  # 20% quantile of 132 step scores, 20 GSM8K dev problems, qwen2.5-coder-0.5b
 
     def __init__(self, tau: float | None = None, scorer: str = "logprob") -> None:
         from .scorers import SCORERS
 
+        if scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {', '.join(SCORERS)}")
+        if tau is not None and not 0.0 <= tau <= 1.0:
+            raise ValueError("tau must be between 0 and 1")
         self.tau = self.default_tau if tau is None else tau
         self.scorer_name = scorer
         self.scorer = SCORERS[scorer]
+        self.params = {k: v for k, v in (("tau", tau), ("scorer", scorer if scorer != "logprob" else None)) if v is not None}
+
+    def score(self, step: Step) -> float:
+        return self.scorer(step.signals)
 
     def check(self, steps: Sequence[Step], step: Step) -> list[TriggerEvent]:
-        score = self.scorer(step.signals)
+        score = self.score(step)
         return [TriggerEvent("step_score", score < self.tau, score=score, threshold=self.tau,
                              detail={"scorer": self.scorer_name})]
 
@@ -111,10 +135,69 @@ class TrimThr(_Base):
 POLICIES: dict[str, type] = {p.name: p for p in (LocalOnly, CloudOnly, EveryK, TrimThr)}
 
 
-def get_policy(name: str) -> Policy:
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        from edge_agent.errors import InputError
+def split_specs(text: str) -> list[str]:
+    """Split ``a,b(x=1,y=2),c`` at top-level commas."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return [s for s in out if s]
 
-        raise InputError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}") from None
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``trim-thr(tau=0.6)`` -> ("trim-thr", {"tau": "0.6"})."""
+    from edge_agent.errors import InputError
+
+    spec = spec.strip()
+    name, _, rest = spec.partition("(")
+    params: dict[str, str] = {}
+    if rest:
+        if not rest.endswith(")"):
+            raise InputError(f"policy {spec!r}: write parameters as NAME(key=value,...)")
+        for item in filter(None, (x.strip() for x in rest[:-1].split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise InputError(f"policy {spec!r}: parameter {item!r} must be key=value")
+            params[key.strip()] = value.strip()
+    return name.strip(), params
+
+
+def _convert(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def get_policy(spec: str, defaults: dict[str, object] | None = None) -> Policy:
+    """Build a policy from ``NAME`` or ``NAME(key=value,...)``; ``defaults`` (from config) fill unset keys."""
+    import inspect
+
+    from edge_agent.errors import InputError
+
+    name, params = parse_spec(spec)
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise InputError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    merged = {**(defaults or {}), **params}
+    unknown = set(merged) - set(accepted)
+    if unknown:
+        raise InputError(f"policy {name} has no parameter {', '.join(sorted(unknown))}: "
+                         f"use {', '.join(accepted) or 'no parameters'}")
+    try:
+        return cls(**{k: _convert(v) for k, v in merged.items()})
+    except (TypeError, ValueError) as e:
+        raise InputError(f"policy {name}: {e}") from None
