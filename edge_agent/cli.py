@@ -169,6 +169,13 @@ class Renderer:
                 f"H mean {s.mean_entropy:.2f} max {s.max_entropy:.2f} · p1 min {s.min_top1:.2f}[/dim]"
             )
 
+    def trigger(self, event, action: str) -> None:
+        """A badge when a trigger fires, with its numbers."""
+        self.console.file.write("\n")
+        nums = "" if event.score is None else f" {event.score:.3g} vs {event.threshold:.3g}" if event.threshold is not None else f" {event.score:.3g}"
+        why = event.detail.get("reason") or event.detail.get("test") or ""
+        self.console.print(f"[black on yellow] ⚑ {event.trigger}{' · ' + why if why else ''}{nums} → {action} [/black on yellow]")
+
     def summary(self, report: dict) -> None:
         u = report["usage"]
         answer = report["answer"]
@@ -201,7 +208,7 @@ def _run(agent, session_id: str | None, problem: str | None, settings, as_json: 
     from .report import session_report
 
     renderer = None if as_json else Renderer(verbose)
-    cb = Callbacks(renderer.step_start, renderer.text, renderer.step_end) if renderer else Callbacks()
+    cb = Callbacks(renderer.step_start, renderer.text, renderer.step_end, renderer.trigger) if renderer else Callbacks()
     if session_id is None:
         session_id = agent.start(problem, settings)
         if extra:
@@ -400,9 +407,11 @@ def sessions(limit, db_path, as_json):
 @click.argument("session_id")
 @click.option("-v", "--verbose", is_flag=True, help="Show each step's signals.")
 @click.option("--all", "show_all", is_flag=True, help="Also show steps superseded by rollbacks.")
+@click.option("--events", "list_events", is_flag=True,
+              help="List every trigger firing, including those refused by the budget or offline.")
 @db_option
 @json_option
-def show(session_id, verbose, show_all, db_path, as_json):
+def show(session_id, verbose, show_all, list_events, db_path, as_json):
     """Print a session's full trace from the database."""
     import store
 
@@ -424,7 +433,11 @@ def show(session_id, verbose, show_all, db_path, as_json):
     for r in rows:
         style = "cyan" if r["author"] == "local" else "magenta"
         gone = " [red](superseded)[/red]" if r["superseded_by"] else ""
-        label = f"── step {r['idx']} · {r['author']} · {r['kind']}" + (f" · {r['trigger']}" if r["trigger"] else "")
+        label = f"── step {r['idx']} · {r['author']} · {r['kind']}" + (f" · ⚑ {r['trigger']}" if r["trigger"] else "")
+        if r["author"] == "cloud" and not r["superseded_by"]:
+            why = next((e for e in events.get(r["idx"], []) if e["trigger"] == r["trigger"]), None)
+            if why and why["score"] is not None:
+                label += f" (score {why['score']:.3g} vs threshold {why['threshold']})"
         console.print(f"[{style}]{label}[/{style}]{gone}")
         console.print(r["text"], markup=False)
         if verbose:
@@ -439,6 +452,16 @@ def show(session_id, verbose, show_all, db_path, as_json):
                 console.print(
                     f"[yellow]   event {e['trigger']} → {e['action']} (score {e['score']}, threshold {e['threshold']})[/yellow]"
                 )
+    if list_events:
+        from rich.table import Table
+
+        table = Table("step", "trigger", "action", "score", "threshold", "evidence", title="trigger events")
+        for e in report["events"]:
+            detail = {k: v for k, v in e["detail"].items() if k != "text"}
+            table.add_row(str(e["step"]), e["trigger"], e["action"], "–" if e["score"] is None else f"{e['score']:.4g}",
+                          "–" if e["threshold"] is None else f"{e['threshold']:.4g}",
+                          json.dumps(detail, ensure_ascii=False)[:160])
+        console.print(table)
     Renderer(verbose).summary(report)
 
 

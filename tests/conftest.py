@@ -94,8 +94,8 @@ def fault_server():
 
     servers = []
 
-    def make(mode: str, hang_s: float = 5.0):
-        s = FaultServer(mode, hang_s)
+    def make(mode: str, hang_s: float = 5.0, replies: list[str] | None = None):
+        s = FaultServer(mode, hang_s, replies)
         servers.append(s)
         return s
 

@@ -99,16 +99,21 @@ def _completion(text: str, usage: bool = True) -> dict:
 class FaultServer(_Server):
     """An OpenAI-shaped server that fails in one scripted way: mode is set per test."""
 
-    def __init__(self, mode: str, hang_s: float = 5.0):
+    def __init__(self, mode: str, hang_s: float = 5.0, replies: list[str] | None = None):
         self.mode = mode
         self.hang_s = hang_s
+        self.replies = list(replies or [])  # mode "script": these texts in order (the last one repeats)
         super().__init__(_FaultHandler)
 
 
 class _FaultHandler(_Handler):
     def do_POST(self):
+        owner = self.server.owner
         self._body()
-        mode = self.server.owner.mode
+        mode = owner.mode
+        if mode == "script":
+            text = owner.replies.pop(0) if len(owner.replies) > 1 else owner.replies[0]
+            return self._send(200, _completion(text))
         if mode == "hang":
             time.sleep(self.server.owner.hang_s)
             return self._send(200, _completion("too late"))

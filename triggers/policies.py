@@ -132,7 +132,104 @@ class TrimThr(_Base):
                              detail={"scorer": self.scorer_name})]
 
 
-POLICIES: dict[str, type] = {p.name: p for p in (LocalOnly, CloudOnly, EveryK, TrimThr)}
+class TrigReason(_Base):
+    """TrigReason: the cloud is called only by three triggers, and control returns to the local model.
+
+    * strategic initiation: a short plan before the first step (``plan=always``), or in ``auto`` when
+      the first draft step is uncertain or the problem is long (the draft is then replaced);
+    * cognitive offloading: a very confident step that answers too early or jumps to a number with no
+      computation is rewritten by the cloud (``offload``); its complement ``uncertainty`` routes a
+      hesitant step (low first-token / lowest-token probability);
+    * intervention request: a loop (embedding cosine, repeated 4-grams, or steps with no new number)
+      asks the cloud to review the trace; it may roll back to the first wrong step.
+
+    ``max_cloud`` caps cloud actions per session and ``max_interventions`` stops ping-pong.
+    """
+
+    name = "trigreason"
+    uses_cloud = True
+
+    _DEFAULTS = dict(plan="auto", offload=True, uncertainty=False, loop=True, entropy_max=3.5, words_max=90,
+                     confidence_min=0.9, min_steps=2, first_top1_min=0.3, min_top1_min=0.05, cosine_min=0.92,
+                     window=3, ngram_share=0.6, stall_steps=3, max_interventions=2, max_cloud=4)
+
+    def __init__(self, plan: str = "auto", offload: bool = True, uncertainty: bool = False, loop: bool = True,
+                 entropy_max: float = 3.5, words_max: int = 90, confidence_min: float = 0.9, min_steps: int = 2,
+                 first_top1_min: float = 0.3, min_top1_min: float = 0.05, cosine_min: float = 0.92, window: int = 3,
+                 ngram_share: float = 0.6, stall_steps: int = 3, max_interventions: int = 2, max_cloud: int = 4) -> None:
+        if plan not in ("always", "never", "auto"):
+            raise ValueError("plan must be always, never or auto")
+        if window < 1 or stall_steps < 2 or max_interventions < 0 or max_cloud < 0:
+            raise ValueError("window >= 1, stall_steps >= 2, max_interventions >= 0 and max_cloud >= 0")
+        given = dict(plan=plan, offload=offload, uncertainty=uncertainty, loop=loop, entropy_max=entropy_max,
+                     words_max=words_max, confidence_min=confidence_min, min_steps=min_steps,
+                     first_top1_min=first_top1_min, min_top1_min=min_top1_min, cosine_min=cosine_min, window=window,
+                     ngram_share=ngram_share, stall_steps=stall_steps, max_interventions=max_interventions,
+                     max_cloud=max_cloud)
+        self.cfg = given
+        self.params = {k: v for k, v in given.items() if v != self._DEFAULTS[k]}
+        self.problem = ""
+        self.embedder = None  # injected; by default the shared all-MiniLM-L6-v2 embedder, warmed at reset
+
+    def reset(self, problem: str) -> None:
+        self.problem = problem
+        if self.cfg["loop"] and self.embedder is None:
+            from .embed import shared
+
+            self.embedder = shared()
+        if self.embedder is not None:
+            self.embedder.warm()
+
+    def _cloud_used(self, steps: Sequence[Step]) -> int:
+        return sum(1 for s in steps if s.author == "cloud")
+
+    def before_step(self, steps: Sequence[Step]) -> Action:
+        if self.cfg["plan"] == "always" and not steps:
+            return Action("plan", trigger="strategic_initiation", reason="plan=always")
+        return ACCEPT
+
+    def check(self, steps: Sequence[Step], step: Step) -> list[TriggerEvent]:
+        from . import detectors as d
+
+        c = self.cfg
+        out = []
+        if c["plan"] == "auto" and not steps:
+            out.append(d.difficulty(self.problem, step, entropy_max=c["entropy_max"], words_max=c["words_max"]))
+        if c["loop"]:
+            embed = self.embedder.encode if self.embedder is not None else None
+            out.append(d.loop(self.problem, steps, step, cosine_min=c["cosine_min"], window=c["window"],
+                              ngram_share=c["ngram_share"], stall_steps=c["stall_steps"], embed=embed))
+        if c["offload"]:
+            out.append(d.overconfidence(self.problem, steps, step, confidence_min=c["confidence_min"],
+                                        min_steps=c["min_steps"]))
+        if c["uncertainty"]:
+            out.append(d.uncertainty(step, first_top1_min=c["first_top1_min"], min_top1_min=c["min_top1_min"]))
+        return out
+
+    def decide(self, steps: Sequence[Step], step: Step, events: Sequence[TriggerEvent]) -> Action:
+        fired = {e.trigger: e for e in events if e.fired}
+        if not fired:
+            return ACCEPT
+        if self._cloud_used(steps) >= self.cfg["max_cloud"]:
+            e = next(iter(fired.values()))
+            return Action("accept", trigger=e.trigger, score=e.score, threshold=e.threshold,
+                          reason=f"max_cloud={self.cfg['max_cloud']} reached")
+        if "strategic_initiation" in fired:
+            e = fired["strategic_initiation"]
+            return Action("plan", trigger=e.trigger, score=e.score, threshold=e.threshold)
+        if "loop" in fired:
+            e = fired["loop"]
+            done = sum(1 for s in steps if s.kind == "intervention")
+            kind = "intervene" if done < self.cfg["max_interventions"] else "rewrite"
+            return Action(kind, trigger="loop", score=e.score, threshold=e.threshold)
+        for name in ("overconfidence", "uncertainty"):
+            if name in fired:
+                e = fired[name]
+                return Action("rewrite", trigger=name, score=e.score, threshold=e.threshold)
+        return ACCEPT
+
+
+POLICIES: dict[str, type] = {p.name: p for p in (LocalOnly, CloudOnly, EveryK, TrimThr, TrigReason)}
 
 
 def split_specs(text: str) -> list[str]:
