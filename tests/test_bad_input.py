@@ -30,6 +30,8 @@ def _cases(tmp_path):
     (tmp_path / "dir.db").mkdir()
     (tmp_path / "corrupt.db").write_bytes(b"garbage" * 1000)
     long_problem = "How many apples does Sam have if " + "he buys three more apples and " * 60 + "eats one?"
+    (tmp_path / "bad.toml").write_text("[cloud\nprovider = ")
+    (tmp_path / "unknown.toml").write_text("[budget]\nmax_cost_week = 1.0\n")
     return {
         "empty problem": (["solve", ""], None, "empty"),
         "whitespace problem": (["solve", "   \n\t "], None, "empty"),
@@ -47,6 +49,17 @@ def _cases(tmp_path):
         "resume unknown id": (["resume", "01ZZZZZZZZ"], None, "no session"),
         "show unknown id": (["show", "nope"], None, "no session"),
         "rollback to a missing step": (["rollback", "SESSION", "--to", "99"], None, "cannot roll back"),
+        "resume a finished session": (["resume", "SESSION"], None, "already finished"),
+        "bad TOML config": (["solve", ROBE], None, "not valid TOML", {"EDGE_AGENT_CONFIG": str(tmp_path / "bad.toml")}),
+        "unknown config key": (["solve", ROBE], None, "unknown key budget.max_cost_week",
+                               {"EDGE_AGENT_CONFIG": str(tmp_path / "unknown.toml")}),
+        "negative max cost": (["solve", ROBE, "--max-cost", "-1"], None, "--max-cost must be >= 0"),
+        "unknown provider": (["solve", ROBE, "--cloud", "acme:big"], None, "PROVIDER:MODEL"),
+        "missing API key": (["solve", ROBE, "--cloud", "openai:gpt-4o-mini", "--policy", "every-k"], None,
+                            "OPENAI_API_KEY", {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}),
+        "bad policy parameter": (["solve", ROBE, "--policy", "trim-thr(tau=2)"], None, "tau must be between 0 and 1"),
+        "db from a newer version": (["solve", ROBE], None, "newer", "NEWER"),
+        "db locked by another writer": (["solve", ROBE], None, "locked", "LOCKED"),
     }
 
 
@@ -54,22 +67,44 @@ NAMES = [
     "empty problem", "whitespace problem", "non-utf8 stdin", "1 MB problem on stdin", "problem over the context",
     "missing model", "non-GGUF model", "truncated GGUF", "unknown preset", "unknown policy", "bad max steps",
     "db is a directory", "db is corrupt", "resume unknown id", "show unknown id", "rollback to a missing step",
+    "resume a finished session", "bad TOML config", "unknown config key", "negative max cost", "unknown provider",
+    "missing API key", "bad policy parameter", "db from a newer version", "db locked by another writer",
 ]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_input(name, tmp_path, existing_db):
-    args, stdin, needle = _cases(tmp_path)[name]
-    if "SESSION" in args:
-        import sqlite3
+    import sqlite3
+    import subprocess
+    import sys
 
+    args, stdin, needle, *extra = _cases(tmp_path)[name]
+    env = extra[0] if extra and isinstance(extra[0], dict) else None
+    if "SESSION" in args:
         conn = sqlite3.connect(existing_db)
         sid = conn.execute("SELECT id FROM sessions").fetchone()[0]
         conn.close()
         args = [sid if a == "SESSION" else a for a in args]
+    if extra == ["NEWER"]:
+        conn = sqlite3.connect(existing_db)
+        conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES ('edge-agent', 'm999_future', 'x')")
+        conn.commit()
+        conn.close()
+    holder = None
+    if extra == ["LOCKED"]:  # another process holds the write lock for longer than the busy timeout
+        holder = subprocess.Popen([sys.executable, "-c", (
+            "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('BEGIN IMMEDIATE'); c.execute('INSERT INTO rollbacks (id) VALUES (1)'); print('held', flush=True); time.sleep(60)"),
+            str(existing_db)], stdout=subprocess.PIPE)
+        assert holder.stdout.readline().strip() == b"held"
     watched = [existing_db, tmp_path / "corrupt.db"]
     before = [_digest(p) for p in watched]
-    proc = run_cli(*args, input=stdin if stdin is not None else b"")
+    try:
+        proc = run_cli(*args, input=stdin if stdin is not None else b"", env=env)
+    finally:
+        if holder:
+            holder.kill()
+            holder.wait()
     err = proc.stderr.decode()
     assert proc.returncode == 2, (proc.returncode, err, proc.stdout.decode()[-500:])
     assert "Traceback" not in err

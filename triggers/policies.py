@@ -149,12 +149,13 @@ class TrigReason(_Base):
     name = "trigreason"
     uses_cloud = True
 
-    _DEFAULTS = dict(plan="auto", offload=True, uncertainty=False, loop=True, entropy_max=3.5, words_max=90,
-                     confidence_min=0.9, min_steps=2, first_top1_min=0.3, min_top1_min=0.05, cosine_min=0.92,
+    # thresholds read off local-only traces of the 0.5B edge model on GSM8K dev (README, "TrigReason")
+    _DEFAULTS = dict(plan="auto", offload=True, uncertainty=False, loop=True, entropy_max=1.6, words_max=45,
+                     confidence_min=0.85, min_steps=2, first_top1_min=0.3, min_top1_min=0.05, cosine_min=0.92,
                      window=3, ngram_share=0.6, stall_steps=3, max_interventions=2, max_cloud=4)
 
     def __init__(self, plan: str = "auto", offload: bool = True, uncertainty: bool = False, loop: bool = True,
-                 entropy_max: float = 3.5, words_max: int = 90, confidence_min: float = 0.9, min_steps: int = 2,
+                 entropy_max: float = 1.6, words_max: int = 45, confidence_min: float = 0.85, min_steps: int = 2,
                  first_top1_min: float = 0.3, min_top1_min: float = 0.05, cosine_min: float = 0.92, window: int = 3,
                  ngram_share: float = 0.6, stall_steps: int = 3, max_interventions: int = 2, max_cloud: int = 4) -> None:
         if plan not in ("always", "never", "auto"):
