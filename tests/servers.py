@@ -119,6 +119,8 @@ class _FaultHandler(_Handler):
             return self._send(200, _completion("too late"))
         if mode == "429":
             return self._send(429, {"error": {"message": "slow down", "type": "rate_limit"}}, {"retry-after": "0"})
+        if mode == "429-bare":  # no Retry-After: the SDK's own backoff, then give up
+            return self._send(429, {"error": {"message": "slow down", "type": "rate_limit"}})
         if mode in ("500", "502", "503"):
             return self._send(int(mode), {"error": {"message": "boom", "type": "server_error"}})
         if mode == "malformed":

@@ -79,8 +79,11 @@ def test_two_processes_share_one_daily_cap(llama_server, tmp_path):
     assert conn.execute("SELECT COUNT(*) FROM budget_reservations WHERE status = 'open'").fetchone()[0] == 0
 
 
-@pytest.mark.parametrize("mode", ["refused", "hang", "500", "429", "malformed", "truncated"])
-def test_cloud_faults_end_locally_with_events(fault_server, mode, tmp_path):
+@pytest.mark.parametrize("mode, status", [
+    ("refused", "connection"), ("hang", "timeout"), ("500", "http_500"), ("502", "http_502"), ("503", "http_503"),
+    ("429", "rate_limited"), ("429-bare", "rate_limited"), ("malformed", "malformed"), ("truncated", "broken_response"),
+])
+def test_cloud_faults_end_locally_with_events(fault_server, mode, status, tmp_path):
     if mode == "refused":
         from edge_agent.cloud_local import free_port
 
@@ -101,6 +104,9 @@ def test_cloud_faults_end_locally_with_events(fault_server, mode, tmp_path):
     conn = sqlite3.connect(tmp_path / "edge.db")
     rows = conn.execute("SELECT status, cost_nusd, reserved_nusd FROM cloud_calls").fetchall()
     assert len(rows) == 1  # the breaker stopped further calls
+    assert rows[0][0] == status
+    assert rows[0][1] in (0, rows[0][2])  # refused before sending: 0; possibly processed: the full reservation
+    assert conn.execute("SELECT COUNT(*) FROM budget_reservations WHERE status = 'open'").fetchone()[0] == 0
     assert report["usage"]["wall_s"] < 60
 
 
