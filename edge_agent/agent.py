@@ -253,7 +253,7 @@ class Agent:
         if pre.kind == "solve":
             left = r.settings.max_steps - sum(1 for s in r.steps if s.kind != "plan")
             written = self.solve_in_cloud(r.sid, r.problem, index, left, events,
-                                          max_tokens=min(r.settings.max_step_tokens * r.settings.max_steps, 1024))
+                                          max_tokens=min(r.settings.max_step_tokens * r.settings.max_steps, 768))
             for n, step in enumerate(written):
                 self._commit(r, step, events if n == 0 else [])
             return bool(written)
