@@ -780,6 +780,41 @@ def _calibrate(cfg, base, name, fixed, rate, dataset, limit, model, max_steps, m
     return {**fixed, param: tau}
 
 
+@cli.command()
+@json_option
+def policies(as_json):
+    """List escalation policies with their parameters and defaults (config: [policy.NAME])."""
+    import inspect
+
+    from triggers import POLICIES
+
+    from .config import load_config
+
+    cfg = load_config()
+    rows = []
+    for name, cls in POLICIES.items():
+        params = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                  if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if "tau" in params and params["tau"] is None:
+            params["tau"] = getattr(cls, "default_tau", None)
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        rows.append({"name": name, "uses_cloud": cls.uses_cloud, "summary": doc, "parameters": params,
+                     "configured": cfg.policy.get(name, {})})
+    if as_json:
+        click.echo(json.dumps(rows, default=str))
+        return
+    from rich.table import Table
+
+    table = Table("policy", "cloud", "parameters (default)", "from config", "what it does")
+    for r in rows:
+        table.add_row(r["name"], "yes" if r["uses_cloud"] else "no",
+                      ", ".join(f"{k}={v}" for k, v in r["parameters"].items()) or "–",
+                      ", ".join(f"{k}={v}" for k, v in r["configured"].items()) or "–", r["summary"])
+    _console().print(table)
+    _console().print("Set parameters inline: --policy 'trim-thr(tau=0.6)', or in the config as a table "
+                     "policy.\"NAME\" (e.g. written by 'edge-agent tune').", markup=False)
+
+
 @cli.command("cloud-local")
 @click.option("--model", "-m", default="smollm2-135m", show_default=True, help="Preset name or GGUF path to serve.")
 @click.option("--port", type=int, help="Port on 127.0.0.1 (default: a free one).")

@@ -289,7 +289,8 @@ def get_policy(spec: str, defaults: dict[str, object] | None = None) -> Policy:
     cls = POLICIES.get(name)
     if cls is None:
         raise InputError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    accepted = [k for k, p in inspect.signature(cls.__init__).parameters.items()
+                if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     merged = {**(defaults or {}), **params}
     unknown = set(merged) - set(accepted)
     if unknown:
