@@ -49,6 +49,20 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")(f)
 
 
+def dataset_run_options(f):
+    """--limit, --model, --max-steps, --max-step-tokens, --n-ctx (bench and tune)."""
+    opts = [
+        click.option("--limit", type=int, help="Only the first N problems."),
+        click.option("--model", "-m", envvar="EDGE_AGENT_MODEL", help="Local model: preset name or GGUF path."),
+        click.option("--max-steps", default=12, show_default=True, type=int, help="Step cap per problem."),
+        click.option("--max-step-tokens", default=256, show_default=True, type=int, help="Token cap per step."),
+        click.option("--n-ctx", default=4096, show_default=True, type=int, help="Local context size."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
 def cloud_options(f):
     """--cloud, --cloud-base-url, --offline, --max-cost, --price-in/--price-out."""
     opts = [
@@ -551,12 +565,8 @@ def cost(days, db_path, as_json):
 @cli.command()
 @click.option("--dataset", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="JSONL file with fields id, problem, answer.")
-@click.option("--limit", type=int, help="Only the first N problems.")
 @click.option("--policies", default="local-only,cloud-only", show_default=True, help="Comma-separated policies to compare.")
-@click.option("--model", "-m", envvar="EDGE_AGENT_MODEL", help="Local model: preset name or GGUF path.")
-@click.option("--max-steps", default=12, show_default=True, type=int, help="Step cap per problem.")
-@click.option("--max-step-tokens", default=256, show_default=True, type=int, help="Token cap per step.")
-@click.option("--n-ctx", default=4096, show_default=True, type=int, help="Local context size.")
+@dataset_run_options
 @click.option("--out", "out_dir", default="bench/out", show_default=True, type=click.Path(file_okay=False, path_type=str),
               help="Folder for results.jsonl/json/csv, the plot and bench.db.")
 @click.option("--resume", is_flag=True, help="Continue a run in --out, skipping finished (policy, problem) pairs.")
@@ -680,11 +690,7 @@ def _print_summaries(summaries, meta, front=()):
               help="Grid: choose the cheapest Pareto point reaching this PGR (else the most accurate).")
 @click.option("--write-config/--no-write-config", default=True, show_default=True,
               help="Write the chosen parameters to the config file under [policy.NAME].")
-@click.option("--limit", type=int, help="Only the first N problems.")
-@click.option("--model", "-m", envvar="EDGE_AGENT_MODEL", help="Local model: preset name or GGUF path.")
-@click.option("--max-steps", default=12, show_default=True, type=int, help="Step cap per problem.")
-@click.option("--max-step-tokens", default=256, show_default=True, type=int, help="Token cap per step.")
-@click.option("--n-ctx", default=4096, show_default=True, type=int, help="Local context size.")
+@dataset_run_options
 @click.option("--out", "out_dir", default="bench/tune", show_default=True, type=click.Path(file_okay=False, path_type=str),
               help="Folder for the sweep's results (re-running resumes it).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
