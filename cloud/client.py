@@ -74,7 +74,7 @@ class Cloud:
             raise
         latency = time.perf_counter() - t0
         if raw.usage is None:
-            cost, status, usage = reserved, "no_usage", {"input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0}
+            cost, status, usage = reserved, "no_usage", _usage4({})
         else:
             cost, status, usage = actual_cost(self.price, raw.usage), "ok", raw.usage
         budget.settle(reservation, **record, **usage, cost_nusd=cost, latency_s=latency, status=status)

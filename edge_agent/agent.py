@@ -109,7 +109,7 @@ class Agent:
             problem=problem,
             model=self.model.name,
             model_path=str(self.model.path),
-            policy=getattr(self.policy, "label", self.policy.name),
+            policy=self.policy.label,
             settings={**asdict(settings), "offline": self.offline},
             cloud_provider=self.cloud.provider if self.cloud else None,
             cloud_model=self.cloud.model if self.cloud else None,
@@ -224,16 +224,15 @@ class Agent:
         settings = Settings.from_dict(state.settings)
         t0 = time.perf_counter()
         self.model.reseed(settings.seed)
-        reset = getattr(self.policy, "reset", None)
-        if reset is not None:
-            reset(state.problem)
+        self.policy.reset(state.problem)
         r = _Run(session_id, state.problem, settings, list(state.steps), callbacks or Callbacks())
         r.prompt = self.model.prompt_tokens(messages(state.problem))
         while r.status == "running":
             if sum(1 for s in r.steps if s.kind != "plan") >= settings.max_steps:
                 self._finish(r, "max_steps")
                 break
-            room = self.model.room(len(r.context()))
+            context = r.context()
+            room = self.model.room(len(context))
             if room < 8:
                 self._finish(r, "context_full")
                 break
@@ -243,7 +242,7 @@ class Agent:
                 events.append((TriggerEvent(pre.trigger or "policy", True, pre.score, pre.threshold), pre.kind))
                 if self._cloud_first(r, pre, events):
                     continue
-            self._local_step(r, room, events, check=pre.kind == "accept")
+            self._local_step(r, context, room, events, check=pre.kind == "accept")
         store.add_wall_time(self.db, session_id, time.perf_counter() - t0)
         return RunResult(session_id, r.status, r.answer, time.perf_counter() - t0, r.new)
 
@@ -266,12 +265,12 @@ class Agent:
         self._commit(r, step, events)
         return True
 
-    def _local_step(self, r: "_Run", room: int, events: list, check: bool) -> None:
+    def _local_step(self, r: "_Run", context: list[int], room: int, events: list, check: bool) -> None:
         """Draft a step locally, let the policy judge it, and commit what stands."""
         index = len(r.steps)
         if r.cb.step_start:
             r.cb.step_start(index, "local")
-        draft = self.model.next_step(r.context(), max_tokens=min(r.settings.max_step_tokens, room),
+        draft = self.model.next_step(context, max_tokens=min(r.settings.max_step_tokens, room),
                                      temperature=r.settings.temperature, on_text=r.cb.text)
         if not draft.token_ids:  # the model closed its turn with nothing more to say
             self._finish(r, "ended")

@@ -775,9 +775,10 @@ def _calibrate(cfg, base, name, fixed, rate, dataset, limit, model, max_steps, m
                None, None, True, None, None, None, quiet)
     from pathlib import Path
 
+    from .bench import Bench
+
     db = _open(str(Path(out_dir) / "bench.db"))
-    rows = [json.loads(line) for line in (Path(out_dir) / "results.jsonl").read_text().splitlines() if line.strip()]
-    sids = [r["session_id"] for r in rows if r["policy"] == "local-only"]
+    sids = [r["session_id"] for (policy, _), r in Bench(Path(out_dir), None, None).done().items() if policy == "local-only"]
     scores = [base.score(s) for sid in sids for s in store.load_state(db, sid).steps if s.author == "local" and s.kind == "step"]
     tau = quantile(scores, rate, lower=True)  # the realised escalation rate stays <= the target
     if not quiet:

@@ -119,7 +119,7 @@ def loop(problem: str, steps: Sequence[Step], step: Step, *, cosine_min: float, 
             hits.append(("ngram", share, ngram_share))
     if len(since) + 1 >= stall_steps:
         run = since[-(stall_steps - 1):] + [step]
-        earlier = [s for s in steps if s not in run]
+        earlier = steps[: len(steps) - (stall_steps - 1)]
         known = numbers(problem).union(*(numbers(s.text) for s in earlier)) if earlier else numbers(problem)
         stalled = all(not (numbers(s.text) - known) for s in run)
         evidence["stalled_steps"] = len(run) if stalled else 0

@@ -16,7 +16,12 @@ ACCEPT = Action("accept")
 
 class Policy(Protocol):
     name: str
+    label: str  # name plus parameters: what a session stores
     uses_cloud: bool
+
+    def reset(self, problem: str) -> None:
+        """Called when a run starts or resumes."""
+        ...
 
     def before_step(self, steps: Sequence[Step]) -> Action:
         """Decide before the local model drafts the next step (``rewrite`` = the cloud writes it)."""
@@ -149,26 +154,22 @@ class TrigReason(_Base):
     name = "trigreason"
     uses_cloud = True
 
-    # thresholds read off local-only traces of the 0.5B edge model on GSM8K dev (README, "TrigReason")
-    _DEFAULTS = dict(plan="auto", offload=True, uncertainty=False, loop=True, entropy_max=1.6, words_max=45,
-                     confidence_min=0.85, min_steps=2, first_top1_min=0.3, min_top1_min=0.05, cosine_min=0.92,
-                     window=3, ngram_share=0.6, stall_steps=3, max_interventions=2, max_cloud=4)
-
+    # thresholds (the defaults below) read off local-only traces of the 0.5B edge model on GSM8K dev
+    # (README, "TrigReason")
     def __init__(self, plan: str = "auto", offload: bool = True, uncertainty: bool = False, loop: bool = True,
                  entropy_max: float = 1.6, words_max: int = 45, confidence_min: float = 0.85, min_steps: int = 2,
                  first_top1_min: float = 0.3, min_top1_min: float = 0.05, cosine_min: float = 0.92, window: int = 3,
                  ngram_share: float = 0.6, stall_steps: int = 3, max_interventions: int = 2, max_cloud: int = 4) -> None:
+        import inspect
+
+        given = {k: v for k, v in locals().items() if k not in ("self", "inspect")}
         if plan not in ("always", "never", "auto"):
             raise ValueError("plan must be always, never or auto")
         if window < 1 or stall_steps < 2 or max_interventions < 0 or max_cloud < 0:
             raise ValueError("window >= 1, stall_steps >= 2, max_interventions >= 0 and max_cloud >= 0")
-        given = dict(plan=plan, offload=offload, uncertainty=uncertainty, loop=loop, entropy_max=entropy_max,
-                     words_max=words_max, confidence_min=confidence_min, min_steps=min_steps,
-                     first_top1_min=first_top1_min, min_top1_min=min_top1_min, cosine_min=cosine_min, window=window,
-                     ngram_share=ngram_share, stall_steps=stall_steps, max_interventions=max_interventions,
-                     max_cloud=max_cloud)
+        defaults = {k: p.default for k, p in inspect.signature(TrigReason.__init__).parameters.items() if k != "self"}
         self.cfg = given
-        self.params = {k: v for k, v in given.items() if v != self._DEFAULTS[k]}
+        self.params = {k: v for k, v in given.items() if v != defaults[k]}
         self.problem = ""
         self.embedder = None  # injected; by default the shared all-MiniLM-L6-v2 embedder, warmed at reset
 
