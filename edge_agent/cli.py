@@ -306,7 +306,8 @@ def solve(problem, model, policy, max_steps, max_step_tokens, n_ctx, temperature
     db = _open(db_path)
     agent = _agent(model, db, n_ctx, policy, cloud=cloud, caps=caps, offline=offline)
     _run(agent, None, text, settings, as_json, verbose, extra={"cloud_base_url": cloud.adapter.base_url if cloud else None,
-                                                                "max_cost": max_cost})
+                                                                "max_cost": max_cost, "price_in": price_in,
+                                                                "price_out": price_out})
 
 
 def _policy_label(cfg, spec: str) -> str:
@@ -328,7 +329,8 @@ def _agent_for_session(db, session_id: str, offline: bool = False):
     cfg = load_config()
     offline = offline or bool(state.settings.get("offline"))
     spec = f"{state.cloud_provider}:{state.cloud_model}" if state.cloud_provider else None
-    cloud = _make_cloud(cfg, spec, state.settings.get("cloud_base_url"), offline, None, None) if spec else None
+    cloud = _make_cloud(cfg, spec, state.settings.get("cloud_base_url"), offline, state.settings.get("price_in"),
+                        state.settings.get("price_out")) if spec else None  # the prices the session started with
     caps = _caps(cfg, state.settings.get("max_cost"))
     return _agent(state.model_path, db, settings.n_ctx, state.policy, cloud=cloud, caps=caps, offline=offline)
 

@@ -142,3 +142,57 @@ def test_a_plan_comes_first_and_a_refused_one_is_recorded(llama_server, tmp_path
     assert [e["trigger"] for e in rep["events"]][:2] == ["strategic_initiation", "budget_denied"]
     shown = run_cli("show", rep["session_id"], "--events").stdout.decode()
     assert "budget_denied" in shown
+
+
+LOOPING = "Tom has 5 apples. He eats one apple each day. Describe each day in its own paragraph until he has none left."
+
+
+def test_the_tiny_model_loops_by_itself_and_a_kill_during_the_intervention_resumes(fault_server, tmp_path):
+    """Default loop thresholds on the embedded model's own repetition; SIGKILL while the cloud is
+    reviewing; resume reclaims the dead call, applies the rollback and completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server = fault_server("hang", hang_s=120)
+    policy = "trigreason(plan=never,offload=False,max_interventions=1,max_cloud=1)"
+    args = ["--policy", policy, "--cloud", "openai:m", "--cloud-base-url", server.url + "/v1", "--price-in", "1",
+            "--price-out", "2", "--max-steps", "4", "--max-step-tokens", "48"]
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "solve", LOOPING, "--json", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ)
+    deadline = time.time() + 180
+    while time.time() < deadline and not server.requests and proc.poll() is None:
+        time.sleep(0.05)
+    assert server.requests, "the tiny model did not loop into an intervention: " + proc.stderr.read().decode()[-500:]
+    assert "first_wrong_step" in server.requests[0]["body"]["messages"][0]["content"]  # the review prompt
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    conn = sqlite3.connect(tmp_path / "edge.db")
+    sid, status = conn.execute("SELECT id, status FROM sessions").fetchone()
+    before = conn.execute("SELECT id, idx, author, text FROM steps").fetchall()
+    assert status == "running" and [(r[1], r[2]) for r in before] == [(0, "local")]
+    assert conn.execute("SELECT COUNT(*) FROM budget_reservations WHERE status = 'open'").fetchone()[0] == 1
+    conn.close()
+
+    fix = "Day 1: Tom eats one apple, so he has 5 - 1 = 4 apples left."
+    server.mode, server.replies = "script", [json.dumps({"first_wrong_step": 0, "next_step": fix})]
+    resumed = run_cli("resume", sid, "--json")
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    report = json.loads(resumed.stdout)
+    assert report["status"] in {"done", "ended", "max_steps"}
+    first = report["steps"][0]
+    assert (first["author"], first["kind"], first["text"], first["trigger"]) == ("cloud", "intervention", fix, "loop")
+    loop = next(e for e in report["events"] if e["trigger"] == "loop")
+    assert loop["action"] == "intervene" and loop["detail"]["test"] in {"ngram", "embedding"}
+    conn = sqlite3.connect(tmp_path / "edge.db")
+    old = conn.execute("SELECT id, idx, author, text, superseded_by IS NOT NULL FROM steps WHERE id = ?",
+                       [before[0][0]]).fetchone()
+    assert old == (*before[0], 1)  # the looping step is kept verbatim, marked superseded
+    assert conn.execute("SELECT to_idx, reason FROM rollbacks").fetchall() == [(0, "intervention")]
+    assert conn.execute("SELECT COUNT(*) FROM budget_reservations WHERE status = 'open'").fetchone()[0] == 0
+    calls = conn.execute("SELECT c.status, c.cost_nusd, r.amount_nusd FROM cloud_calls c "
+                         "JOIN budget_reservations r ON r.id = c.reservation_id ORDER BY c.id").fetchall()
+    assert [c[0] for c in calls] == ["reclaimed", "ok"]
+    assert calls[0][1] == calls[0][2] > 0  # the dead call is charged its full reservation: never under-counted
