@@ -3,7 +3,10 @@
 Prints, in one run:
   - raw llama.cpp decode tok/s (Llama.generate, greedy, no signals);
   - the agent's step decode tok/s with per-token entropy/top-1 signals, and the ratio;
-  - tokens evaluated per step against new tokens per step (KV reuse).
+  - tokens evaluated per step against new tokens per step (KV reuse);
+  - the same step loop with the ``trigreason`` detectors run on every step (difficulty, offload,
+    loop with the MiniLM embedder, warmed before timing): decode tok/s counting detector time, the
+    ratio to raw, and the detectors' and the embedding's cost per step.
 
     python bench/edge_speed.py --model qwen2.5-coder-0.5b
 """
@@ -45,10 +48,31 @@ def raw_decode(model: LocalModel, prompt: list[int], n: int) -> tuple[float, int
     return count / dt, count
 
 
-def agent_decode(model: LocalModel, prompt: list[int], n: int, step_tokens: int) -> dict:
+class TimedEmbedder:
+    """Wraps the shared embedder to time each encode call the loop detector makes."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.seconds: list[float] = []
+
+    def warm(self) -> None:
+        self.inner.warm()
+
+    def encode(self, texts):
+        t0 = time.perf_counter()
+        out = self.inner.encode(texts)
+        self.seconds.append(time.perf_counter() - t0)
+        return out
+
+
+def agent_decode(model: LocalModel, prompt: list[int], n: int, step_tokens: int, policy=None) -> dict:
+    """The agent's step loop; with ``policy``, its detectors judge every step (timed with the decode)."""
+    from edge_agent.values import Step
+
     context = list(prompt)
     model.sync(context)
-    steps, produced, seconds = [], 0, 0.0
+    steps, produced, seconds, detect = [], 0, 0.0, 0.0
+    done: list[Step] = []
     while produced < n:
         d = model.next_step(context, max_tokens=min(step_tokens, n - produced))
         if not d.token_ids:
@@ -57,7 +81,14 @@ def agent_decode(model: LocalModel, prompt: list[int], n: int, step_tokens: int)
         produced += len(d.token_ids)
         seconds += d.seconds
         context.extend(d.token_ids)
-    return {"tok_s": produced / seconds, "tokens": produced, "steps": steps}
+        if policy is not None:
+            step = Step(index=len(done), author="local", kind="step", text=d.text, raw=d.raw, token_ids=d.token_ids,
+                        signals=d.signals, finish=d.finish, seconds=d.seconds)
+            t0 = time.perf_counter()
+            policy.decide(done, step, [e for e in policy.check(done, step) if e.fired])
+            detect += time.perf_counter() - t0
+            done.append(step)
+    return {"tok_s": produced / (seconds + detect), "tokens": produced, "steps": steps, "detect_s": detect}
 
 
 def main() -> None:
@@ -66,6 +97,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256, help="tokens to decode per measurement")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--step-tokens", type=int, default=256)
+    ap.add_argument("--no-triggers", action="store_true", help="skip the run with trigreason's detectors")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -73,12 +105,28 @@ def main() -> None:
     model = LocalModel(path, name, n_ctx=4096)
     prompt = model.prompt_tokens(messages(PROBLEM))
     raw_decode(model, prompt, 16)  # warm-up
-    raws, agents, runs = [], [], []
-    for _ in range(args.repeats):  # interleaved so machine noise hits both alike
+    policy = None
+    if not args.no_triggers:
+        from triggers import get_policy
+        from triggers.embed import shared
+
+        t0 = time.perf_counter()
+        if not shared().wait(300):
+            raise SystemExit(f"the embedder did not load: {shared().error}")
+        warm_s = time.perf_counter() - t0
+        policy = get_policy("trigreason")
+        policy.embedder = TimedEmbedder(shared())
+        policy.reset(PROBLEM)
+    raws, agents, trigs, runs, trig_runs = [], [], [], [], []
+    for _ in range(args.repeats):  # interleaved so machine noise hits all alike
         raws.append(raw_decode(model, prompt, args.tokens)[0])
         run = agent_decode(model, prompt, args.tokens, args.step_tokens)
         agents.append(run["tok_s"])
         runs.append(run)
+        if policy is not None:
+            trig = agent_decode(model, prompt, args.tokens, args.step_tokens, policy)
+            trigs.append(trig["tok_s"])
+            trig_runs.append(trig)
     raw, agent = statistics.median(raws), statistics.median(agents)
     steps = [s for r in runs for s in r["steps"]]
     later = steps[1:] if len(steps) > 1 else steps  # each run's first step also syncs one token
@@ -93,6 +141,17 @@ def main() -> None:
         "mean_evaluated_per_step": round(statistics.mean(s["evaluated"] for s in steps), 1),
         "max_evaluated_minus_new": max(s["evaluated"] - s["new"] for s in steps),
     }
+    if policy is not None:
+        n_steps = sum(len(r["steps"]) for r in trig_runs)
+        emb = policy.embedder.seconds
+        out.update({
+            "triggers_tok_s": round(statistics.median(trigs), 1),
+            "triggers_ratio": round(statistics.median(trigs) / raw, 3),
+            "detectors_ms_per_step": round(1000 * sum(r["detect_s"] for r in trig_runs) / n_steps, 2),
+            "embedding_ms_per_call": round(1000 * statistics.mean(emb), 2) if emb else None,
+            "embedding_calls": len(emb),
+            "embedder_warmup_s": round(warm_s, 2),
+        })
     if args.json:
         print(json.dumps(out))
         return
@@ -103,6 +162,11 @@ def main() -> None:
         f"per step: {out['mean_new_tokens_per_step']} new tokens, {out['mean_evaluated_per_step']} evaluated "
         f"(max evaluated - new = {out['max_evaluated_minus_new']}) over {out['steps']} steps"
     )
+    if policy is not None:
+        print(f"with trigreason detectors {out['triggers_tok_s']:6.1f} tok/s   ratio {out['triggers_ratio']:.3f} "
+              f"(detector time counted)")
+        print(f"detectors {out['detectors_ms_per_step']} ms/step · embedding {out['embedding_ms_per_call']} ms/call "
+              f"over {out['embedding_calls']} calls · embedder load {out['embedder_warmup_s']} s (background)")
 
 
 if __name__ == "__main__":
