@@ -24,6 +24,8 @@ class Group(click.Group):
         except EdgeAgentError as e:
             _fail(str(e))
         except sqlite3.Error as e:
+            if "readonly" in str(e):
+                _fail("the database file is read-only: make it writable (chmod u+w), or pass --db with another file")
             _fail(f"database error ({e}): check the --db file, or move it aside")
         except KeyboardInterrupt:
             click.echo("\ninterrupted: committed steps are kept; continue with 'edge-agent resume ID'", err=True)
@@ -137,10 +139,18 @@ def _console(stderr: bool = False):
     return console
 
 
-@click.group(cls=Group, context_settings=CONTEXT_SETTINGS)
+@click.group(cls=Group, context_settings=CONTEXT_SETTINGS, invoke_without_command=True)
 @click.version_option(package_name="edge-agent")
-def cli() -> None:
-    """Solve multi-step problems on a small local model, escalating to a cloud model only where needed."""
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Solve multi-step problems on a small local model, escalating to a cloud model only where needed.
+
+    With no command, checks the setup (as 'edge-agent doctor') and says what to run next.
+    """
+    if ctx.invoked_subcommand is None:
+        env = os.environ.get  # click fills envvar defaults only for a parsed command line
+        _doctor(env("EDGE_AGENT_MODEL"), env("EDGE_AGENT_CLOUD"), env("OPENAI_BASE_URL"), False, None, None, None,
+                env("EDGE_AGENT_DB"), False, first_run=True)
 
 
 # -- solve / resume / rollback ---------------------------------------------------------------------
@@ -683,13 +693,19 @@ def _print_summaries(summaries, meta, front=()):
 @cli.command()
 @click.option("--dataset", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="JSONL file with fields id, problem, answer (tuning reads only this).")
-@click.option("--policy", "policy_name", required=True, help="Policy to tune, e.g. trim-thr.")
+@click.option("--policy", "policy_name", help="Policy to tune, e.g. trim-thr (not with --learn).")
 @click.option("--grid", help='Parameter grid, e.g. "tau=0.5,0.6,0.7;scorer=logprob".')
 @click.option("--target-escalation-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Instead of a grid: set the threshold to the quantile of logged local step scores that "
                    "escalates this share of steps (RouteLLM-style).")
 @click.option("--target-pgr", default=0.95, show_default=True, type=float,
               help="Grid: choose the cheapest Pareto point reaching this PGR (else the most accurate).")
+@click.option("--learn", is_flag=True,
+              help="Train the trim-learned trigger: label the steps of local-only traces, fit a logistic "
+                   "regression, save it as the next models/trim-learned-vN.json next to the config.")
+@click.option("--label", type=click.Choice(["judge", "outcome"]), default="judge", show_default=True,
+              help="--learn: label steps by the cloud judge (one token per step), or by whether a cloud "
+                   "rewrite of the step makes a wrong final answer right (far costlier).")
 @click.option("--write-config/--no-write-config", default=True, show_default=True,
               help="Write the chosen parameters to the config file under [policy.NAME].")
 @dataset_run_options
@@ -701,16 +717,23 @@ def _print_summaries(summaries, meta, front=()):
               help="Replay identical cloud requests so a grid does not pay twice for them.")
 @cloud_options
 @json_option
-def tune(dataset, policy_name, grid, target_escalation_rate, target_pgr, write_config, limit, model, max_steps,
-         max_step_tokens, n_ctx, out_dir, baselines, cache_responses, cloud_spec, cloud_base_url, offline, max_cost,
-         price_in, price_out, as_json):
-    """Sweep a policy's parameters (Pareto front of accuracy vs cloud tokens), or calibrate its threshold."""
+def tune(dataset, policy_name, grid, target_escalation_rate, target_pgr, learn, label, write_config, limit, model,
+         max_steps, max_step_tokens, n_ctx, out_dir, baselines, cache_responses, cloud_spec, cloud_base_url, offline,
+         max_cost, price_in, price_out, as_json):
+    """Sweep a policy's parameters (Pareto front), calibrate its threshold, or train trim-learned (--learn)."""
     from triggers import get_policy, parse_spec
 
     from .bench import pareto_front
     from .config import load_config, save_policy_params
 
     cfg = load_config()
+    if learn:
+        if policy_name or grid or target_escalation_rate is not None:
+            raise InputError("--learn trains trim-learned: drop --policy, --grid and --target-escalation-rate")
+        return _learn(cfg, dataset, label, limit, model, max_steps, max_step_tokens, n_ctx, out_dir, cloud_spec,
+                      cloud_base_url, offline, max_cost, price_in, price_out, as_json)
+    if not policy_name:
+        raise InputError("pass --policy NAME (or --learn to train trim-learned)")
     name, fixed = parse_spec(policy_name)
     base = get_policy(policy_name)
     if (grid is None) == (target_escalation_rate is None):
@@ -767,12 +790,13 @@ def _grid_points(grid: str) -> list[dict[str, str]]:
 def _calibrate(cfg, base, name, fixed, rate, dataset, limit, model, max_steps, max_step_tokens, n_ctx, out_dir, quiet):
     """RouteLLM-style: tau = the quantile of local step scores below which ``rate`` of steps fall."""
     import store
+    from triggers.scorers import MODEL_SCORERS
 
     from .bench import quantile
 
     param = getattr(base, "threshold_param", None)
-    if param is None or not hasattr(base, "score"):
-        raise InputError(f"policy {name} has no step score to calibrate: use --grid")
+    if param != "tau" or any(n in MODEL_SCORERS for n in base.needs):
+        raise InputError(f"policy {base.label} has no free step-score threshold to calibrate: use --grid")
     _run_bench(cfg, dataset, limit, ["local-only"], model, max_steps, max_step_tokens, n_ctx, out_dir, True, False,
                None, None, True, None, None, None, quiet)
     from pathlib import Path
@@ -781,12 +805,56 @@ def _calibrate(cfg, base, name, fixed, rate, dataset, limit, model, max_steps, m
 
     db = _open(str(Path(out_dir) / "bench.db"))
     sids = [r["session_id"] for (policy, _), r in Bench(Path(out_dir), None, None).done().items() if policy == "local-only"]
-    scores = [base.score(s) for sid in sids for s in store.load_state(db, sid).steps if s.author == "local" and s.kind == "step"]
+    scores = []
+    for sid in sids:  # replay the policy's own step score over each trace
+        state = store.load_state(db, sid)
+        base.reset(state.problem)
+        for i, s in enumerate(state.steps):
+            if s.author == "local" and s.kind == "step":
+                scores += [e.score for e in base.check(state.steps[:i], s) if e.trigger == "step_score"]
     tau = quantile(scores, rate, lower=True)  # the realised escalation rate stays <= the target
     if not quiet:
         _console().print(f"{len(scores)} local step scores from {len(sids)} problems; "
                          f"{param} = {rate:.0%} quantile = {tau}")
     return {**fixed, param: tau}
+
+
+def _learn(cfg, dataset, label, limit, model, max_steps, max_step_tokens, n_ctx, out_dir, cloud_spec, cloud_base_url,
+           offline, max_cost, price_in, price_out, quiet):
+    """Collect local-only traces, label their steps with the cloud, fit and save trim-learned (see edge_agent.learn)."""
+    from pathlib import Path
+
+    from triggers.learned import fit, save_model
+
+    from .agent import Settings
+    from .bench import Bench, load_dataset
+    from .learn import label_traces, training_info
+
+    cloud = _make_cloud(cfg, cloud_spec, cloud_base_url, offline, price_in, price_out)
+    if cloud is None:
+        raise InputError("--learn labels steps with the cloud: pass --cloud PROVIDER:MODEL (not --offline)")
+    _run_bench(cfg, dataset, limit, ["local-only"], model, max_steps, max_step_tokens, n_ctx, out_dir, True, False,
+               None, None, True, None, None, None, quiet)
+    ids = {p["id"] for p in load_dataset(Path(dataset), limit)}
+    traces = [r for (policy, pid), r in Bench(Path(out_dir), None, None).done().items()
+              if policy == "local-only" and pid in ids]
+    db = _open(str(Path(out_dir) / "bench.db"))
+    settings = Settings(max_steps, max_step_tokens, 0.0, n_ctx, 0)
+    agent = _agent(model, db, n_ctx, "local-only", cloud=cloud, caps=_caps(cfg, max_cost))
+    data = label_traces(agent, db, traces, label, settings)
+    fitted = fit(data.rows, data.labels,
+                 training=training_info(dataset, data, label, model or "smollm2-135m", cloud, settings))
+    path, saved = save_model(fitted)
+    train_acc = sum((saved.predict(x) >= 0.5) == bool(y) for x, y in zip(data.rows, data.labels)) / len(data.labels)
+    result = {"model": str(path), "version": saved.version, "policy": f"trim-learned(model=v{saved.version})",
+              "steps": len(data.labels), "correct": sum(data.labels), "skipped": data.skipped,
+              "problems": data.problems, "label": label, "train_accuracy": round(train_acc, 4)}
+    if quiet:
+        click.echo(json.dumps(result))
+    else:
+        _console().print(f"{result['steps']} steps from {result['problems']} problems ({result['correct']} labelled "
+                         f"correct by {label}, {result['skipped']} skipped) · train accuracy {train_acc:.0%}\n"
+                         f"saved {path}: use --policy 'trim-learned' (latest) or '{result['policy']}'")
 
 
 @cli.command()
@@ -843,6 +911,144 @@ def cloud_local(model, port, n_ctx):
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait(10)
+
+
+# -- serve / chat / doctor -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
+@click.option("--port", default=8088, show_default=True, type=int, help="TCP port.")
+@click.option("--token", envvar="EDGE_AGENT_TOKEN", help="Require 'Authorization: Bearer TOKEN' (env EDGE_AGENT_TOKEN).")
+@click.option("--model", "-m", envvar="EDGE_AGENT_MODEL", help="Preset name or path to a GGUF file (see 'models').")
+@click.option("--policy", help="Policy behind model id 'edge-agent' (default: hybrid with a cloud, else local-only); "
+                               "every policy is also served under its own name.")
+@click.option("--max-steps", default=12, show_default=True, type=int, help="Step cap per request (requests may lower it).")
+@click.option("--max-step-tokens", default=256, show_default=True, type=int,
+              help="Token cap per step (a request's max_tokens may lower it).")
+@click.option("--n-ctx", default=4096, show_default=True, type=int, help="Local model context size in tokens.")
+@click.option("--queue", "max_queue", default=4, show_default=True, type=click.IntRange(0),
+              help="Requests that may wait for the one local model; more get HTTP 429.")
+@cloud_options
+@db_option
+def serve(host, port, token, model, policy, max_steps, max_step_tokens, n_ctx, max_queue, cloud_spec, cloud_base_url,
+          offline, max_cost, price_in, price_out, db_path):
+    """Serve the agent as an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models)."""
+    from cloud.adapters import is_loopback
+
+    from .agent import Settings
+    from .config import load_config
+    from .presets import resolve_model
+
+    try:
+        import uvicorn
+
+        from .serve import ServeOptions, create_app
+    except ImportError:
+        raise InputError("serve needs FastAPI and uvicorn: pip install 'edge-agent[server]'") from None
+    if not is_loopback(f"http://{host}") and not token:
+        raise InputError(f"--host {host} exposes the agent (and your cloud budget) beyond this machine: "
+                         "pass --token as well")
+    settings = Settings(max_steps, max_step_tokens, 0.0, n_ctx, 0)
+    cfg = load_config()
+    caps = _caps(cfg, max_cost)
+    cloud = _make_cloud(cfg, cloud_spec, cloud_base_url, offline, price_in, price_out)
+    if policy is None:
+        from triggers import POLICIES
+
+        policy = "hybrid" if cloud is not None and "hybrid" in POLICIES else "local-only"
+    label = _policy_label(cfg, policy)
+    _need_cloud(label, cloud)
+    resolve_model(model)
+    made: dict[str, Any] = {}
+
+    def make_agent(policy_label: str):
+        """On the server's worker thread, which owns the model and the DB connection."""
+        from .agent import Agent
+
+        if "base" not in made:
+            made["base"] = _agent(model, _open(db_path), n_ctx, label, cloud=cloud, caps=caps, offline=offline)
+        base = made["base"]
+        return Agent(base.model, base.db, policy_label, cloud=cloud, caps=caps, offline=offline)
+
+    options = ServeOptions(default_policy=label, resolve_policy=lambda spec: _policy_label(cfg, spec),
+                           settings=settings, has_cloud=cloud is not None, token=token, max_queue=max_queue,
+                           session_meta={"cloud_base_url": cloud.adapter.base_url if cloud else None,
+                                         "max_cost": max_cost})
+    app = create_app(make_agent, options)
+    app.state.worker.call(lambda: make_agent(label).model.llm)  # load now: a bad model fails before we listen
+    base_url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1"
+    click.echo(f"edge-agent serve: {base_url} · model 'edge-agent' = {label}"
+               + (f" · cloud {cloud.provider}:{cloud.model}" if cloud else " · no cloud")
+               + (" · token required" if token else ""))
+    click.echo(f"use: OpenAI(base_url={base_url!r}, api_key={'TOKEN' if token else 'any'!r}) · Ctrl-C stops")
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _need_cloud(label: str, cloud) -> None:
+    from triggers import get_policy
+
+    if cloud is None and get_policy(label).uses_cloud:
+        raise InputError(f"policy {label} needs a cloud: pass --cloud PROVIDER:MODEL (or use --policy local-only)")
+
+
+@cli.command()
+@click.option("--model", "-m", envvar="EDGE_AGENT_MODEL", help="Preset name or path to a GGUF file (see 'models').")
+@click.option("--policy", default="local-only", show_default=True, help="Escalation policy (/policy NAME changes it).")
+@click.option("--max-steps", default=12, show_default=True, type=int, help="Step cap per turn.")
+@click.option("--max-step-tokens", default=256, show_default=True, type=int, help="Token cap for one step.")
+@click.option("--n-ctx", default=4096, show_default=True, type=int, help="Local model context size in tokens.")
+@click.option("-v", "--verbose", is_flag=True, help="Show each step's signals.")
+@cloud_options
+@db_option
+def chat(model, policy, max_steps, max_step_tokens, n_ctx, verbose, cloud_spec, cloud_base_url, offline, max_cost,
+         price_in, price_out, db_path):
+    """Talk to the agent turn by turn; each turn is a session (/help lists the commands)."""
+    from .agent import Settings
+    from .chat import Chat
+    from .config import load_config
+    from .presets import resolve_model
+
+    settings = Settings(max_steps, max_step_tokens, 0.0, n_ctx, 0)
+    cfg = load_config()
+    label = _policy_label(cfg, policy)
+    caps = _caps(cfg, max_cost)
+    cloud = _make_cloud(cfg, cloud_spec, cloud_base_url, offline, price_in, price_out)
+    _need_cloud(label, cloud)
+    resolve_model(model)
+    agent = _agent(model, _open(db_path), n_ctx, label, cloud=cloud, caps=caps, offline=offline)
+    renderer = Renderer(verbose)
+    if sys.stdin.isatty():
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+    session = Chat(agent.model, agent.db, settings, label, lambda spec: _policy_label(cfg, spec), renderer,
+                   cloud=cloud, caps=caps, offline=offline)
+    session.loop(lambda: renderer.console.input("[bold green]you ›[/bold green] "))
+
+
+@cli.command()
+@click.option("--model", "-m", envvar="EDGE_AGENT_MODEL", help="Preset name or GGUF path to check (default: the default preset).")
+@cloud_options
+@db_option
+@json_option
+def doctor(model, cloud_spec, cloud_base_url, offline, max_cost, price_in, price_out, db_path, as_json):
+    """Check the local model, the cloud (one free model-list call), the caps and where files live."""
+    _doctor(model, cloud_spec, cloud_base_url, offline, max_cost, price_in, price_out, db_path, as_json)
+
+
+def _doctor(model, cloud_spec, base_url, offline, max_cost, price_in, price_out, db_path, as_json,
+            first_run: bool = False) -> None:
+    from .doctor import diagnose, render
+
+    result = diagnose(model, cloud_spec, base_url, offline, max_cost, price_in, price_out, db_path)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        render(result, _console(), first_run)
+    if not result["ok"]:
+        sys.exit(1)
 
 
 def main() -> None:

@@ -60,6 +60,7 @@ def _cases(tmp_path):
         "bad policy parameter": (["solve", ROBE, "--policy", "trim-thr(tau=2)"], None, "tau must be between 0 and 1"),
         "db from a newer version": (["solve", ROBE], None, "newer", "NEWER"),
         "db locked by another writer": (["solve", ROBE], None, "locked", "LOCKED"),
+        "db is read-only": (["solve", ROBE], None, "read-only", "READONLY"),
     }
 
 
@@ -69,7 +70,21 @@ NAMES = [
     "db is a directory", "db is corrupt", "resume unknown id", "show unknown id", "rollback to a missing step",
     "resume a finished session", "bad TOML config", "unknown config key", "negative max cost", "unknown provider",
     "missing API key", "bad policy parameter", "db from a newer version", "db locked by another writer",
+    "db is read-only",
 ]
+
+
+def _make_read_only(path):
+    """chmod is enough for a normal user; root ignores it, so as root the file is made immutable."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        os.chmod(path, 0o444)
+        return lambda: os.chmod(path, 0o644)
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("root without CAP_LINUX_IMMUTABLE cannot make a file read-only")
+    return lambda: subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -98,6 +113,7 @@ def test_bad_input(name, tmp_path, existing_db):
             str(existing_db)], stdout=subprocess.PIPE)
         assert holder.stdout.readline().strip() == b"held"
     watched = [existing_db, tmp_path / "corrupt.db"]
+    undo = _make_read_only(existing_db) if extra == ["READONLY"] else None
     before = [_digest(p) for p in watched]
     try:
         proc = run_cli(*args, input=stdin if stdin is not None else b"", env=env)
@@ -105,6 +121,11 @@ def test_bad_input(name, tmp_path, existing_db):
         if holder:
             holder.kill()
             holder.wait()
+        if undo:
+            undo()
+            for p in existing_db.parent.glob(existing_db.name + "-*"):  # SQLite's empty WAL index of the attempt
+                if p.stat().st_size in (0, 32768):
+                    p.unlink()
     err = proc.stderr.decode()
     assert proc.returncode == 2, (proc.returncode, err, proc.stdout.decode()[-500:])
     assert "Traceback" not in err
