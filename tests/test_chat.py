@@ -1,0 +1,95 @@
+"""``chat``: the conversation -> problem rule, and the REPL through click's runner with scripted input."""
+
+import json
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from edge_agent.chat import conversation_problem
+from edge_agent.errors import InputError
+
+
+def test_a_lone_user_message_passes_through_unchanged():
+    assert conversation_problem([{"role": "user", "content": "  What is 2+2?  "}]) == "What is 2+2?"
+
+
+def test_system_and_history_come_before_the_last_user_message():
+    problem = conversation_problem([
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": [{"type": "text", "text": "2+2?"}]},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And times 3?"},
+    ])
+    assert problem == ("Answer in French.\n\nEarlier in this conversation:\nUser: 2+2?\nAssistant: 4\n\n"
+                       "And times 3?")
+
+
+@pytest.mark.parametrize("messages, message", [
+    ([], "non-empty list"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "last message must be the user's"),
+    ([{"role": "tool", "content": "x"}, {"role": "user", "content": "a"}], "tools are not supported"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "only text"),
+    ([{"role": "user", "content": "   "}], "empty"),
+])
+def test_unusable_conversations_are_refused_with_the_fix(messages, message):
+    with pytest.raises(InputError, match=message):
+        conversation_problem(messages)
+
+
+def test_repl_turns_commands_and_ctrl_c_mid_turn(tmp_path, monkeypatch):
+    """Turn 1 runs; turn 2 is cancelled after its first committed step; turn 3 runs and the REPL goes on."""
+    from edge_agent import cli as cli_module
+
+    real_step_end = cli_module.Renderer.step_end
+    seen = {"turn": 0}
+
+    def step_end(self, step):
+        real_step_end(self, step)
+        if seen["turn"] == 1:  # Ctrl-C arrives just after turn 2's first step was committed
+            seen["turn"] = 2
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module.Renderer, "step_end", step_end)
+    original_ask = __import__("edge_agent.chat", fromlist=["Chat"]).Chat.ask
+
+    def ask(self, user):
+        if user.startswith("Second"):
+            seen["turn"] = 1
+        return original_ask(self, user)
+
+    monkeypatch.setattr("edge_agent.chat.Chat.ask", ask)
+    script = "\n".join([
+        "First: what is 2+2?",
+        "/policy no-such-policy",
+        "/policy local-only",
+        "/offline",
+        "Second: count to ten slowly.",
+        "Third: what is 3+3?",
+        "/cost",
+        "/show",
+        "/help",
+        "/quit",
+        "Never asked.",
+    ]) + "\n"
+    result = CliRunner().invoke(cli_module.cli, ["chat", "--max-steps", "2", "--max-step-tokens", "24",
+                                                 "--n-ctx", "2048"], input=script)
+    out = result.output
+    assert result.exit_code == 0, out + repr(result.exception)
+    assert "Error: unknown policy 'no-such-policy'" in out and "policy: local-only" in out
+    assert "no cloud is configured" in out
+    assert "turn cancelled: 1 committed step kept in session" in out
+    assert "/policy NAME" in out  # /help
+
+    conn = sqlite3.connect(tmp_path / "edge.db")
+    rows = conn.execute("SELECT id, problem, status, settings FROM sessions ORDER BY id").fetchall()
+    assert len(rows) == 3  # the line after /quit was never asked
+    settings = [json.loads(r[3]) for r in rows]
+    assert len({s["conversation_id"] for s in settings}) == 1 and [s["turn"] for s in settings] == [0, 1, 2]
+    cancelled = rows[1]
+    assert cancelled[2] == "running"  # resumable
+    assert conn.execute("SELECT COUNT(*) FROM steps WHERE session_id = ?", [cancelled[0]]).fetchone()[0] == 1
+    third = rows[2][1]
+    assert "User: First: what is 2+2?" in third and "Second" not in third and third.endswith("Third: what is 3+3?")
+    assert f"conversation {settings[0]['conversation_id']}:" in out  # /cost totals
+    assert f"session {rows[2][0]}" in out  # /show names the last turn
