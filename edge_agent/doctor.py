@@ -1,0 +1,209 @@
+"""``edge-agent doctor`` (and bare ``edge-agent``): what will run, whether it works, and how to fix what does not.
+
+Each check is ok, warn (works, but worth knowing) or fail (a solve would hit it). A failed check
+always carries a fix, so the first run ends with something to do rather than a stack trace.
+The cloud check lists models: one cheap call that spends no tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import EdgeAgentError
+
+KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+PING_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Check:
+    name: str
+    level: str  # ok | warn | fail
+    detail: str
+    fix: str | None = None  # what to do; always set when level is fail
+
+
+def check_config() -> tuple[Any, Check]:
+    from .config import Config, config_path, load_config
+
+    path = config_path()
+    try:
+        cfg = load_config(path)
+    except EdgeAgentError as e:
+        return Config(path=path), Check("config", "fail", str(e),
+                                        f"fix or move aside {path} (EDGE_AGENT_CONFIG points elsewhere)")
+    note = "" if path.exists() else " (no file yet: defaults in force)"
+    return cfg, Check("config", "ok", f"{path}{note}")
+
+
+def check_model(model: str | None) -> tuple[dict[str, Any], Check]:
+    """Resolve ``--model`` as solve would, and load it once with a small context."""
+    from .local import LocalModel
+    from .presets import resolve_model
+
+    fix = "pass --model with a preset from 'edge-agent models' or a .gguf path (or set EDGE_AGENT_MODEL)"
+    info: dict[str, Any] = {"requested": model, "name": None, "path": None, "loads": False, "load_s": None}
+    try:
+        name, path = resolve_model(model)
+        info.update(name=name, path=str(path))
+        threads = os.environ.get("EDGE_AGENT_THREADS", "")
+        t0 = time.perf_counter()
+        local = LocalModel(path, name, n_ctx=512, n_threads=int(threads) if threads.isdigit() and int(threads) else None)
+        local.llm
+        local.close()
+        info.update(loads=True, load_s=round(time.perf_counter() - t0, 2))
+    except EdgeAgentError as e:
+        return info, Check("local model", "fail", str(e), fix)
+    return info, Check("local model", "ok", f"{name} · {path} · loads in {info['load_s']:.1f}s")
+
+
+def _ping(cloud: Any) -> list[str]:
+    """Model ids the endpoint lists: one request, no tokens."""
+    client = cloud.adapter.client.with_options(timeout=PING_TIMEOUT_S, max_retries=0)
+    return [m.id for m in client.models.list()]
+
+
+def _ping_error(provider: str, e: Exception) -> tuple[str, str, str]:
+    """(level, what went wrong, fix) for a failed models list, by the SDK's exception class."""
+    import importlib
+
+    from cloud.adapters import _sdk_error
+
+    env = KEY_ENV.get(provider, "the API key")
+    err = _sdk_error(importlib.import_module(provider), e, env)
+    fixes = {
+        "auth": f"set {env} to a valid key (or [keys] {provider} in the config)",
+        "connection": "check --cloud-base-url / OPENAI_BASE_URL and the network; meanwhile --offline solves locally",
+        "timeout": "check --cloud-base-url and the network; meanwhile --offline solves locally",
+        "rate_limited": "wait a minute, or check the account's rate limits",
+    }
+    if err.kind in ("http_404", "http_405"):  # some compatible servers have no model list; calls may still work
+        return "warn", f"{err} for the model list", "nothing, if solves reach the cloud; else check --cloud-base-url"
+    return "fail", str(err), fixes.get(err.kind, "check --cloud, --cloud-base-url and the provider's status page")
+
+
+def check_cloud(cfg: Any, spec: str | None, base_url: str | None, offline: bool,
+                price_in: float | None, price_out: float | None) -> tuple[dict[str, Any] | None, Check]:
+    from .cli import _make_cloud
+
+    if not spec and cfg.cloud.get("provider") and cfg.cloud.get("model"):
+        spec = f"{cfg.cloud['provider']}:{cfg.cloud['model']}"
+    if offline:
+        return None, Check("cloud", "ok", f"offline (--offline){': ' + spec + ' is not called' if spec else ''}")
+    if not spec:
+        return None, Check("cloud", "ok", "none configured: every solve runs on the local model alone",
+                           "to add one: --cloud openai:gpt-4o-mini with OPENAI_API_KEY, or [cloud] in the config; "
+                           "'edge-agent cloud-local' serves a loopback stand-in")
+    try:
+        cloud = _make_cloud(cfg, spec, base_url, False, price_in, price_out)
+    except EdgeAgentError as e:
+        return {"spec": spec, "answers": False}, Check(
+            "cloud", "fail", str(e), "fix --cloud PROVIDER:MODEL, its API key (env or [keys]) and its price "
+                                     "(--price-in/--price-out or [prices]) as the message says")
+    url = getattr(cloud.adapter, "base_url", None) or f"the {cloud.provider} default endpoint"
+    info: dict[str, Any] = {"spec": spec, "provider": cloud.provider, "model": cloud.model,
+                            "base_url": getattr(cloud.adapter, "base_url", None), "answers": False, "listed": None}
+    t0 = time.perf_counter()
+    try:
+        ids = _ping(cloud)
+    except Exception as e:  # noqa: BLE001 - every SDK failure is mapped to a level and a fix
+        level, what, fix = _ping_error(cloud.provider, e)
+        return info, Check("cloud", level, f"{spec} at {url}: {what}", fix)
+    info.update(answers=True, listed=cloud.model in ids, latency_s=round(time.perf_counter() - t0, 3))
+    detail = f"{spec} at {url} answers ({len(ids)} models listed, {info['latency_s']:.2f}s)"
+    if cloud.model not in ids:
+        shown = ", ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")
+        return info, Check("cloud", "warn", f"{detail}, but {cloud.model!r} is not among them",
+                           f"check the model name in --cloud (listed: {shown or 'none'})")
+    return info, Check("cloud", "ok", detail)
+
+
+def check_caps(cfg: Any, max_cost: float | None, db: Any, has_cloud: bool) -> tuple[dict[str, Any], Check]:
+    from .cli import _caps
+
+    try:
+        caps = _caps(cfg, max_cost)
+    except EdgeAgentError as e:
+        return {}, Check("caps", "fail", str(e), "pass --max-cost as USD >= 0")
+    spent = {"spent_today_usd": 0.0, "spent_month_usd": 0.0}
+    if db is not None:
+        from store import ledger
+
+        s = ledger.spend(db)
+        spent = {"spent_today_usd": s["today_nusd"] / 1e9, "spent_month_usd": s["month_nusd"] / 1e9}
+    info = {"session_usd": caps.session_usd, "day_usd": caps.day_usd, "month_usd": caps.month_usd, **spent}
+    fmt = lambda v: "none" if v is None else f"${v:.4f}"  # noqa: E731
+    detail = (f"session {fmt(caps.session_usd)} · day {fmt(caps.day_usd)} (spent {fmt(spent['spent_today_usd'])}) · "
+              f"month {fmt(caps.month_usd)} (spent {fmt(spent['spent_month_usd'])})")
+    for scope, cap, used in (("day", caps.day_usd, spent["spent_today_usd"]),
+                             ("month", caps.month_usd, spent["spent_month_usd"])):
+        if cap is not None and used >= cap:
+            return info, Check("caps", "fail", f"{detail}: the {scope} cap is used up, every cloud call is refused",
+                               f"raise max_cost_{scope} under [budget] in the config, or wait for the next {scope}")
+    if has_cloud and caps.session_usd is None and caps.day_usd is None and caps.month_usd is None:
+        return info, Check("caps", "warn", f"{detail}: cloud spend is unbounded",
+                           "add [budget] max_cost_day = 1.0 to the config, or pass --max-cost USD")
+    return info, Check("caps", "ok", detail)
+
+
+def check_db(db_path: str | None) -> tuple[Any, Check]:
+    from store import default_path, open_db
+
+    path = Path(db_path).expanduser() if db_path else default_path()
+    if not path.exists():
+        return None, Check("database", "ok", f"{path} (not created yet: the first solve creates it)")
+    try:
+        db = open_db(path, create=False)
+    except EdgeAgentError as e:
+        return None, Check("database", "fail", str(e), "move the file aside, or pass --db / EDGE_AGENT_DB elsewhere")
+    return db, Check("database", "ok", f"{path} · {db['sessions'].count} sessions")
+
+
+def diagnose(model: str | None, cloud_spec: str | None, base_url: str | None, offline: bool,
+             max_cost: float | None, price_in: float | None, price_out: float | None,
+             db_path: str | None) -> dict[str, Any]:
+    """Run every check; never raises for a problem it can describe."""
+    cfg, c_config = check_config()
+    model_info, c_model = check_model(model)
+    cloud_info, c_cloud = check_cloud(cfg, cloud_spec, base_url, offline, price_in, price_out)
+    db, c_db = check_db(db_path)
+    caps_info, c_caps = check_caps(cfg, max_cost, db, cloud_info is not None)
+    if db is not None:
+        db.close()
+    checks = [c_model, c_cloud, c_caps, c_db, c_config]
+    from store import default_path
+
+    from .config import config_path
+
+    return {
+        "ok": all(c.level != "fail" for c in checks),
+        "checks": [asdict(c) for c in checks],
+        "model": model_info,
+        "cloud": cloud_info,
+        "caps": caps_info,
+        "paths": {"db": str(Path(db_path).expanduser() if db_path else default_path()), "config": str(config_path())},
+    }
+
+
+MARKS = {"ok": "[green]✓[/green]", "warn": "[yellow]![/yellow]", "fail": "[red]✗[/red]"}
+
+
+def render(result: dict[str, Any], console: Any, first_run: bool = False) -> None:
+    from rich.markup import escape
+
+    if first_run:
+        console.print("[bold]edge-agent[/bold]: solve multi-step problems on a small local model, "
+                      "calling a cloud model only at the steps that need it.\n")
+    for c in result["checks"]:
+        # soft_wrap: one line per finding (the terminal wraps), so a problem line is always followed by its fix
+        console.print(f"{MARKS[c['level']]} [bold]{c['name']:<12}[/bold] {escape(c['detail'])}", soft_wrap=True)
+        if c["fix"]:
+            label = "tip" if c["level"] == "ok" else "fix"
+            console.print(f"  [dim]{label}:[/dim] {escape(c['fix'])}", soft_wrap=True)
+    if first_run:
+        console.print("\nnext: edge-agent solve \"PROBLEM\" · edge-agent chat · edge-agent serve "
+                      "(OpenAI-compatible API) · edge-agent --help", markup=False)
