@@ -941,14 +941,13 @@ def serve(host, port, token, model, policy, max_steps, max_step_tokens, n_ctx, m
     from .presets import resolve_model
 
     try:
-        import uvicorn
-
-        from .serve import ServeOptions, create_app
+        from .serve import ServeOptions, create_app, run_server
     except ImportError:
         raise InputError("serve needs FastAPI and uvicorn: pip install 'edge-agent[server]'") from None
     if not is_loopback(f"http://{host}") and not token:
         raise InputError(f"--host {host} exposes the agent (and your cloud budget) beyond this machine: "
                          "pass --token as well")
+    _check_port(host, port)
     settings = Settings(max_steps, max_step_tokens, 0.0, n_ctx, 0)
     cfg = load_config()
     caps = _caps(cfg, max_cost)
@@ -982,7 +981,19 @@ def serve(host, port, token, model, policy, max_steps, max_step_tokens, n_ctx, m
                + (f" · cloud {cloud.provider}:{cloud.model}" if cloud else " · no cloud")
                + (" · token required" if token else ""))
     click.echo(f"use: OpenAI(base_url={base_url!r}, api_key={'TOKEN' if token else 'any'!r}) · Ctrl-C stops")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    run_server(app, host, port)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before the model loads, with the fix, when the address is taken."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror}): pass another --port or --host") from None
 
 
 def _need_cloud(label: str, cloud) -> None:

@@ -79,6 +79,7 @@ class Worker:
         self.make_agent = make_agent  # called on the worker thread only
         self.limit = max_queue + 1  # the running request plus those waiting
         self.busy = 0
+        self.stopping = threading.Event()  # set at shutdown: a running solve stops at its next token
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="edge-agent-model")
 
@@ -101,6 +102,7 @@ class Worker:
         return self._pool.submit(fn, *args).result()
 
     def close(self) -> None:
+        self.stopping.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -255,14 +257,14 @@ def sse(data: dict[str, Any] | str) -> str:
 class StepStream:
     """Agent callbacks -> one ``emit(step, rollback_to)`` per committed step, held until the next step starts."""
 
-    def __init__(self, emit: Callable[[Step, int | None], None], cancel: threading.Event) -> None:
+    def __init__(self, emit: Callable[[Step, int | None], None], *cancel: threading.Event) -> None:
         self.emit = emit
-        self.cancel = cancel
+        self.cancel = cancel  # any of these set: stop at the next token (client gone, server stopping)
         self.pending: Step | None = None
         self.next_index = 0  # the index after the last step sent
 
     def _check(self) -> None:
-        if self.cancel.is_set():
+        if any(e.is_set() for e in self.cancel):
             raise Cancelled()
 
     def step_start(self, index: int, author: str) -> None:
@@ -299,17 +301,17 @@ def solve_job(worker: Worker, policy: str, problem: str, settings: Settings, met
     from .prompts import messages
     from .report import session_report
 
+    stream = stream or StepStream(lambda step, back: None, worker.stopping)
     try:
         agent = worker.make_agent(policy)
         sid = agent.start(problem, settings)
         store.update_settings(agent.db, sid, meta)
         started(sid)
         try:
-            agent.run(sid, stream.callbacks() if stream else None)
+            agent.run(sid, stream.callbacks())
         except Cancelled:
-            log.info("session %s: client went away; committed steps kept", sid)
-        if stream:
-            stream.flush()
+            log.info("session %s: stopped (client gone or shutdown); committed steps kept", sid)
+        stream.flush()
         return session_report(agent.db, sid), len(agent.model.prompt_tokens(messages(problem)))
     finally:
         worker.release()
@@ -413,7 +415,7 @@ async def _stream(worker: Worker, policy: str, problem: str, settings: Settings,
     def on_start(sid: str) -> None:
         loop.call_soon_threadsafe(lambda: started.done() or started.set_result(sid))
 
-    stream = StepStream(lambda step, back: put("step", (step, back)), cancel)
+    stream = StepStream(lambda step, back: put("step", (step, back)), cancel, worker.stopping)
     job = worker.run(solve_job, worker, policy, problem, settings, meta, on_start, stream)
     job.add_done_callback(lambda f: put("done", f))
     await asyncio.wait([started, job], return_when=asyncio.FIRST_COMPLETED)
@@ -454,3 +456,18 @@ async def _stream(worker: Worker, policy: str, problem: str, settings: Settings,
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={SESSION_HEADER: sid, "Cache-Control": "no-cache"})
+
+
+def run_server(app: FastAPI, host: str, port: int) -> None:
+    """uvicorn, except that Ctrl-C also stops a running solve at its next token (its steps are committed):
+    uvicorn waits for open requests before shutdown, and a solve can take minutes."""
+    import uvicorn
+
+    worker: Worker = app.state.worker
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            worker.stopping.set()
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()

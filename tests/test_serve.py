@@ -251,3 +251,46 @@ def test_serve_refuses_a_public_host_without_a_token():
     assert proc.returncode == 2
     err = proc.stderr.decode()
     assert err.startswith("Error: ") and "--token" in err and "Traceback" not in err
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_solve_and_keeps_its_steps(served):
+    base, db_path, app = served
+    client = _client(base)
+    with client.chat.completions.with_streaming_response.create(
+            model="local-only", messages=[{"role": "user", "content": ROBE}], stream=True, max_tokens=48) as resp:
+        sid = resp.headers["x-edge-agent-session"]
+        next(iter(resp.parse()))  # the role chunk arrives at once; then the client hangs up
+    deadline = time.monotonic() + 30
+    while app.state.worker.busy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert app.state.worker.busy == 0  # the model is free for the next request
+    rows, (_, status, _) = _db_steps(db_path, sid)
+    assert status == "running" and len(rows) < 3  # stopped early, resumable with 'edge-agent resume'
+
+
+@pytest.mark.parametrize("args, message", [
+    (["serve", "--policy", "no-such"], "unknown policy"),
+    (["serve", "--policy", "cloud-only"], "needs a cloud"),
+    (["serve", "--max-steps", "0"], "--max-steps"),
+    (["chat", "--policy", "trim-thr"], "needs a cloud"),
+    (["chat", "--model", "/no/such.gguf"], "model file not found"),
+])
+def test_bad_serve_and_chat_options_fail_in_one_line(args, message):
+    from tests.conftest import run_cli
+
+    proc = run_cli(*args, timeout=60)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.startswith("Error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_serve_on_a_taken_port_fails_before_loading():
+    import socket
+
+    from tests.conftest import run_cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        proc = run_cli("serve", "--port", str(s.getsockname()[1]), timeout=60)
+    assert proc.returncode == 2 and "pass another --port" in proc.stderr.decode()
