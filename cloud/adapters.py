@@ -1,4 +1,5 @@
-"""Provider adapters on the official SDKs. Each returns (text, usage or None); errors become CloudError."""
+"""Provider adapters on the official SDKs. Each returns (text, usage or None, first-token top logprobs
+or None); errors become CloudError."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from edge_agent.errors import CloudError, ConfigError
 class RawReply:
     text: str
     usage: dict[str, int] | None  # input_tokens (all), output_tokens, cached_tokens, cache_write_tokens
+    top_logprobs: list[tuple[str, float]] | None = None  # the first output token's alternatives, when asked and given
 
 
 def is_loopback(url: str | None) -> bool:
@@ -78,7 +80,8 @@ class OpenAIAdapter:
             http_client=http_client,
         )
 
-    def complete(self, messages: Sequence[dict[str, str]], *, max_tokens: int, stop: Sequence[str] = ()) -> RawReply:
+    def complete(self, messages: Sequence[dict[str, str]], *, max_tokens: int, stop: Sequence[str] = (),
+                 top_logprobs: int = 0) -> RawReply:
         oa = self._openai
         try:
             resp = self.client.chat.completions.create(
@@ -87,6 +90,7 @@ class OpenAIAdapter:
                 max_tokens=max_tokens,
                 temperature=0,
                 **({"stop": list(stop)[:4]} if stop else {}),
+                **({"logprobs": True, "top_logprobs": top_logprobs} if top_logprobs else {}),
             )
         except Exception as e:
             raise _sdk_error(oa, e, "OPENAI_API_KEY") from None
@@ -105,7 +109,16 @@ class OpenAIAdapter:
                 "cached_tokens": int(cached),
                 "cache_write_tokens": 0,
             }
-        return RawReply(text, usage)
+        return RawReply(text, usage, _first_top_logprobs(resp) if top_logprobs else None)
+
+
+def _first_top_logprobs(resp: Any) -> list[tuple[str, float]] | None:
+    """``choices[0].logprobs.content[0].top_logprobs`` as (token, logprob) pairs; None if absent."""
+    try:
+        first = resp.choices[0].logprobs.content[0]
+        return [(str(t.token), float(t.logprob)) for t in first.top_logprobs or []] or None
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
 
 
 class AnthropicAdapter:
@@ -143,7 +156,9 @@ class AnthropicAdapter:
             turns.append({"role": m["role"], "content": [block]})
         return system, turns
 
-    def complete(self, messages: Sequence[dict[str, str]], *, max_tokens: int, stop: Sequence[str] = ()) -> RawReply:
+    def complete(self, messages: Sequence[dict[str, str]], *, max_tokens: int, stop: Sequence[str] = (),
+                 top_logprobs: int = 0) -> RawReply:
+        """The Messages API gives no logprobs: ``top_logprobs`` is accepted and the reply has none."""
         an = self._anthropic
         system, turns = self._shape(messages)
         # The API refuses whitespace-only stop sequences; the caller cuts at the blank line itself.

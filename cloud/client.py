@@ -41,12 +41,28 @@ class Cloud:
         stop: Sequence[str] = (),
     ) -> CloudReply:
         """Reserve, call, settle. Raises BudgetDenied (nothing sent) or CloudError (settled and recorded)."""
+        return self._call(messages, max_tokens=max_tokens, budget=budget, purpose=purpose, step_idx=step_idx,
+                          stop=stop)[0]
+
+    def judge(self, messages: Sequence[dict[str, str]], *, budget: Budget, purpose: str = "judge",
+              step_idx: int | None = None, top_logprobs: int = 10) -> tuple[CloudReply, list[tuple[str, float]] | None]:
+        """One output token (a rating), with its top alternatives' logprobs where the provider gives them.
+
+        Budgeted and recorded like every call. Never served from the response cache: the cache
+        keeps text only, and a replayed rating without its logprobs would score differently.
+        """
+        return self._call(messages, max_tokens=1, budget=budget, purpose=purpose, step_idx=step_idx, stop=(),
+                          top_logprobs=top_logprobs, cacheable=False)
+
+    def _call(self, messages: Sequence[dict[str, str]], *, max_tokens: int, budget: Budget, purpose: str,
+              step_idx: int | None, stop: Sequence[str], top_logprobs: int = 0,
+              cacheable: bool = True) -> tuple[CloudReply, list[tuple[str, float]] | None]:
         key = None
-        if self.cache:
+        if self.cache and cacheable:
             key = request_key(self.provider, self.model, getattr(self.adapter, "base_url", None), messages, max_tokens, stop)
             hit = budget.cache_get(key)
             if hit is not None:
-                return self._replay(hit, budget, purpose, step_idx)
+                return self._replay(hit, budget, purpose, step_idx), None
         if not self.breaker.allow():
             raise CloudError(f"the cloud is paused after an error ({self.breaker.reason})", "circuit_open")
         reservation, reserved = budget.reserve(
@@ -56,7 +72,8 @@ class Cloud:
         record = {"step_idx": step_idx, "purpose": purpose, "provider": self.provider, "model": self.model}
         t0 = time.perf_counter()
         try:
-            raw = self.adapter.complete(messages, max_tokens=max_tokens, stop=stop)
+            extra = {"top_logprobs": top_logprobs} if top_logprobs else {}
+            raw = self.adapter.complete(messages, max_tokens=max_tokens, stop=stop, **extra)
         except BaseException as e:
             err = e if isinstance(e, CloudError) else CloudError(f"cloud call failed ({type(e).__name__})", "error", billed=True)
             # a request the provider may have processed is costed at its reservation: never under-count
@@ -90,7 +107,7 @@ class Cloud:
             latency_s=latency,
             provider=self.provider,
             model=self.model,
-        )
+        ), raw.top_logprobs
 
 
     def _replay(self, hit: dict[str, Any], budget: Budget, purpose: str, step_idx: int | None) -> CloudReply:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import store
 from triggers import Policy, get_policy
+from triggers.scorers import MODEL_SCORERS, Score, Spend, StepInputs
 
 from .answer import extract_answer
 from .errors import InputError
@@ -128,6 +129,12 @@ class Agent:
     def _ask(self, session_id: str, msgs: list[dict[str, str]], *, purpose: str, step_idx: int,
              max_tokens: int, events: list, stop: Any = None) -> Any:
         """One cloud call; on refusal or failure, record why and return None (the local model goes on)."""
+        return self._guarded(purpose, events, lambda: self.cloud.call(
+            msgs, max_tokens=max_tokens, budget=self._budget(session_id), purpose=purpose, step_idx=step_idx,
+            stop=stop if stop is not None else (["\n\n"] if purpose != "intervene" else [])))
+
+    def _guarded(self, purpose: str, events: list, call: Callable[[], Any]) -> Any:
+        """Run one cloud call; on no cloud, refusal or failure, record why as an event and return None."""
         from .errors import BudgetDenied, CloudError
 
         if self.cloud is None:
@@ -135,9 +142,7 @@ class Agent:
             events.append((TriggerEvent("cloud_unavailable", True, detail={"purpose": purpose, "reason": reason}), "keep_local"))
             return None
         try:
-            return self.cloud.call(msgs, max_tokens=max_tokens, budget=self._budget(session_id), purpose=purpose,
-                                   step_idx=step_idx,
-                                   stop=stop if stop is not None else (["\n\n"] if purpose != "intervene" else []))
+            return call()
         except BudgetDenied as e:
             events.append((TriggerEvent("budget_denied", True, score=e.committed_usd + e.needed_usd, threshold=e.cap_usd,
                                         detail={"purpose": purpose, "scope": e.scope, "message": str(e)}), "keep_local"))
@@ -280,14 +285,22 @@ class Agent:
         if not check:
             self._commit(r, step, events, evaluated=draft.evaluated)
             return
-        fired = [e for e in self.policy.check(r.steps, step) if e.fired]
+        needs = tuple(getattr(self.policy, "needs", ()))
+        inputs, extra_s, extra_eval = self._step_inputs(r, context, step, needs, events)
+        if extra_s:  # a self-check is local work on this step
+            step = replace(step, seconds=step.seconds + extra_s)
+        checked = self.policy.check(r.steps, step, inputs)
+        fired = [e for e in checked if e.fired]
         action = self.policy.decide(r.steps, step, fired)
         events.extend((e, action.kind) for e in fired)
+        if any(n in MODEL_SCORERS for n in needs):  # a paid score is kept even when it fired nothing
+            events.extend((e, "scored") for e in checked if not e.fired)
+        evaluated = draft.evaluated + extra_eval
         for e in fired:
             if r.cb.trigger:
                 r.cb.trigger(e, action.kind)
         if action.kind == "accept":
-            self._commit(r, step, events, evaluated=draft.evaluated)
+            self._commit(r, step, events, evaluated=evaluated)
             return
         if r.cb.step_end:
             r.cb.step_end(step)
@@ -312,7 +325,65 @@ class Agent:
             if written is not None:
                 self._commit(r, written, events + [replaced])
                 return
-        self._commit(r, step, events, evaluated=draft.evaluated)
+        self._commit(r, step, events, evaluated=evaluated)
+
+    # -- what a policy needs before check ---------------------------------------------------------------
+    def _step_inputs(self, r: "_Run", context: list[int], step: Step, needs: tuple[str, ...],
+                     events: list) -> tuple[StepInputs, float, int]:
+        """Compute the paid scores and the spend a policy asked for in ``needs``.
+
+        Returns (inputs, local seconds spent, local tokens evaluated). A score that cannot be had
+        is replaced by the free ``logprob`` score, with the reason in its detail.
+        """
+        scores: dict[str, Score] = {}
+        seconds, evaluated = 0.0, 0
+        if "self" in needs:
+            scores["self"], seconds, evaluated = self.self_score(context, step)
+        if "cloud-judge" in needs:
+            scores["cloud-judge"] = self.judge_score(r.sid, r.problem, r.steps, step, events)
+        spend = self._spend(r.sid) if "spend" in needs else None
+        return StepInputs(scores=scores, spend=spend), seconds, evaluated
+
+    def self_score(self, context: list[int], step: Step) -> tuple[Score, float, int]:
+        """The local model's P(yes) that ``step`` is right: (score, seconds, tokens evaluated)."""
+        from triggers.scorers import NO, VERIFY_QUESTION, YES, logprob_score, self_score
+
+        from .errors import ContextError
+
+        try:
+            v = self.model.verify(list(context) + list(step.token_ids), VERIFY_QUESTION, YES, NO)
+        except ContextError:
+            return Score(logprob_score(step.signals), "logprob", {"fallback": "self: no room in the context"}), 0.0, 0
+        detail = {"p_yes": round(v.p_yes, 6), "p_no": round(v.p_no, 6), "question_tokens": v.suffix_tokens,
+                  "evaluated": v.evaluated, "seconds": round(v.seconds, 4)}
+        return Score(self_score(v.p_yes, v.p_no), "self", detail), v.seconds, v.evaluated
+
+    def judge_score(self, session_id: str, problem: str, steps: list[Step], step: Step, events: list) -> Score:
+        """The cloud's 0-9 rating of ``step`` as a score; the logprob score if the cloud is refused or down."""
+        from triggers.scorers import digit_score, judge_messages, logprob_score
+
+        got = self._guarded("judge", events, lambda: self.cloud.judge(
+            judge_messages(problem, steps, step), budget=self._budget(session_id), step_idx=step.index))
+        if got is not None:
+            reply, top = got
+            rated = digit_score(top, reply.text)
+            if rated is not None:
+                value, detail = rated
+                return Score(value, "cloud-judge", {**detail, "input_tokens": reply.input_tokens,
+                                                    "output_tokens": reply.output_tokens, "cost_usd": reply.cost_usd})
+            reason = f"judge: no digit in {reply.text[:20]!r}"
+        else:
+            last = events[-1][0] if events else None
+            reason = f"judge: {last.trigger if last is not None else 'no reply'}"
+        return Score(logprob_score(step.signals), "logprob", {"fallback": reason})
+
+    def _spend(self, session_id: str) -> Spend:
+        calls = store.cloud_calls(self.db, session_id)
+        price = getattr(self.cloud, "price", None)
+        return Spend(cost_usd=sum(c.get("cost_nusd") or 0 for c in calls) / 1e9, cap_usd=self.caps.session_usd,
+                     cloud_calls=len(calls), cloud_output_tokens=sum(c["output_tokens"] or 0 for c in calls),
+                     price_in=price.input if price is not None else None,
+                     price_out=price.output if price is not None else None)
 
     def _commit(self, r: "_Run", step: Step, events: list, *, evaluated: int = 0, rollback: int | None = None) -> None:
         """One transaction: the step (the new checkpoint), its events, the session status."""

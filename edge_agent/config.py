@@ -63,6 +63,11 @@ def config_path() -> Path:
     return Path(click.get_app_dir("edge-agent")) / "config.toml"
 
 
+def models_dir() -> Path:
+    """Where trained models live: ``models/`` next to the config file (``tune --learn`` writes there)."""
+    return config_path().parent / "models"
+
+
 def load_config(path: Path | None = None) -> Config:
     path = path or config_path()
     if not path.exists():

@@ -46,6 +46,17 @@ class Draft:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What ``verify`` read: next-token probability masses of the yes and no answers."""
+
+    p_yes: float
+    p_no: float
+    evaluated: int  # tokens run through the model (the question's, when the context was cached)
+    suffix_tokens: int
+    seconds: float
+
+
 class _SignalAccumulator:
     """Running per-step statistics over per-token entropy and top-1 probability."""
 
@@ -108,6 +119,10 @@ class LocalModel:
         self._rng: Any = None
         self._z: Any = None
         self._e: Any = None
+        # logits of the last KV token kept aside by ``verify``: the context's own logits were
+        # overwritten by the question's, and keeping a copy avoids re-evaluating that token
+        self._held: Any = None
+        self._suffixes: dict[str, list[int]] = {}
 
     # -- loading -------------------------------------------------------------------------------
     @property
@@ -142,6 +157,7 @@ class LocalModel:
         self._llm = llm
         self._eog = self._find_eog(llm)
         self._kv = []
+        self._held = None
 
     @staticmethod
     def _find_eog(llm: Any) -> frozenset[int]:
@@ -198,11 +214,14 @@ class LocalModel:
         llm.n_tokens = keep  # eval() drops KV entries from n_tokens on
         self._kv = self._kv[:keep]
         rest = list(tokens[keep:])
+        self._held = None
         llm.eval(rest)
         self._kv.extend(rest)
         return len(rest)
 
     def _logits(self) -> "np.ndarray":
+        if self._held is not None:
+            return self._held
         np = self._np
         return np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self._z.shape[0],))
 
@@ -251,6 +270,7 @@ class LocalModel:
                 break
             acc.add(ent, top1)
             new.append(tok)
+            self._held = None
             llm.eval([tok])
             self._kv.append(tok)
             evaluated += 1
@@ -279,6 +299,64 @@ class LocalModel:
             seconds=time.perf_counter() - start,
         )
 
+    # -- self-verification ---------------------------------------------------------------------------
+    def question_suffix(self, question: str) -> list[int]:
+        """Tokens that close the assistant turn, ask ``question`` as the user and open a new assistant turn.
+
+        Read off the GGUF's own chat template: a conversation is rendered with a sentinel as the
+        assistant's text, and whatever the template puts after the sentinel is the suffix.
+        """
+        if question not in self._suffixes:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            llm = self.llm
+            sentinel = "\u2063EDGE-AGENT-STEP\u2063"
+            template = llm.metadata.get("tokenizer.chat_template") or CHATML
+            eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
+            fmt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token="")
+            rendered = fmt(messages=[{"role": "user", "content": "x"}, {"role": "assistant", "content": sentinel},
+                                     {"role": "user", "content": question}]).prompt
+            tail = rendered.split(sentinel, 1)[1] if sentinel in rendered else f"\n{question}\n"
+            self._suffixes[question] = self.tokenize(tail, special=True)
+        return list(self._suffixes[question])
+
+    def verify(self, context: Sequence[int], question: str, yes: Sequence[str], no: Sequence[str]) -> "Verdict":
+        """The model's answer to a yes/no ``question`` asked right after ``context`` (prompt + steps).
+
+        Only the question's tokens are evaluated when ``context`` is already in the KV cache (as it
+        is right after ``next_step``); afterwards the cache is cut back to ``context`` and its last
+        logits are kept, so the next step continues from there without evaluating anything again.
+        P(yes) and P(no) are next-token probability masses summed over the variants that are one token.
+        """
+        start = time.perf_counter()
+        suffix = self.question_suffix(question)  # loads the model: numpy is ready after this
+        np = self._np
+        if len(context) + len(suffix) > self.n_ctx:
+            raise ContextError("no room in the context for the verification question")
+        evaluated = self.sync(context)
+        llm = self._llm
+        n = len(self._kv)
+        held = np.array(self._logits(), copy=True)
+        self._held = None
+        llm.eval(suffix)
+        self._kv.extend(suffix)
+        evaluated += len(suffix)
+        logits = self._logits().astype(np.float64)
+        top = float(logits.max())
+        log_z = top + math.log(float(np.exp(logits - top).sum()))
+
+        def mass(words: Sequence[str]) -> float:
+            # only one-token variants: a split one would count its first piece ("Y") as the whole word
+            ids = {t[0] for w in words if len(t := self.tokenize(w)) == 1}
+            return float(sum(math.exp(float(logits[i]) - log_z) for i in ids))
+
+        p_yes, p_no = mass(yes), mass(no)
+        llm.n_tokens = n  # the next eval drops the question's KV entries
+        self._kv = self._kv[:n]
+        self._held = held
+        return Verdict(p_yes=p_yes, p_no=p_no, evaluated=evaluated, suffix_tokens=len(suffix),
+                       seconds=time.perf_counter() - start)
+
     def reseed(self, seed: int) -> None:
         """Restart the sampler's random stream (used only when temperature > 0)."""
         import numpy as np
@@ -295,3 +373,4 @@ class LocalModel:
             self._llm.close()
             self._llm = None
             self._kv = []
+            self._held = None

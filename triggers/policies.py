@@ -11,6 +11,8 @@ from typing import Protocol
 
 from edge_agent.values import Action, Step, TriggerEvent
 
+from .scorers import MODEL_SCORERS, SCORERS, StepInputs, step_score
+
 ACCEPT = Action("accept")
 
 
@@ -18,6 +20,9 @@ class Policy(Protocol):
     name: str
     label: str  # name plus parameters: what a session stores
     uses_cloud: bool
+    # what the agent must compute before ``check`` and pass in ``StepInputs``: "self" and
+    # "cloud-judge" scores (see triggers.scorers), "spend" (this session's cloud use and prices)
+    needs: tuple[str, ...]
 
     def reset(self, problem: str) -> None:
         """Called when a run starts or resumes."""
@@ -27,8 +32,8 @@ class Policy(Protocol):
         """Decide before the local model drafts the next step (``rewrite`` = the cloud writes it)."""
         ...
 
-    def check(self, steps: Sequence[Step], step: Step) -> list[TriggerEvent]:
-        """Run this policy's detectors on a new local step."""
+    def check(self, steps: Sequence[Step], step: Step, inputs: StepInputs | None = None) -> list[TriggerEvent]:
+        """Run this policy's detectors on a new local step (``inputs``: what ``needs`` asked for)."""
         ...
 
     def decide(self, steps: Sequence[Step], step: Step, events: Sequence[TriggerEvent]) -> Action:
@@ -40,7 +45,8 @@ class _Base:
     name = "base"
     uses_cloud = False
     params: dict[str, object] = {}
-    threshold_param: str | None = None  # the knob ``tune --target-escalation-rate`` calibrates
+    threshold_param: str | None = None  # the knob ``tune`` sweeps; calibrated when it is a score threshold
+    needs: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -55,7 +61,7 @@ class _Base:
     def before_step(self, steps: Sequence[Step]) -> Action:
         return ACCEPT
 
-    def check(self, steps: Sequence[Step], step: Step) -> list[TriggerEvent]:
+    def check(self, steps: Sequence[Step], step: Step, inputs: StepInputs | None = None) -> list[TriggerEvent]:
         return []
 
     def decide(self, steps: Sequence[Step], step: Step, events: Sequence[TriggerEvent]) -> Action:
@@ -98,43 +104,160 @@ class EveryK(_Base):
         self.k = k
         self.params = {"k": k} if k != 2 else {}
 
-    def check(self, steps: Sequence[Step], step: Step) -> list[TriggerEvent]:
+    def check(self, steps: Sequence[Step], step: Step, inputs: StepInputs | None = None) -> list[TriggerEvent]:
         position = step.index + 1
         fired = position % self.k == 0
         return [TriggerEvent("every_k", fired, score=float(position % self.k), threshold=0.0, detail={"k": self.k})]
 
 
+def _scorer_needs(scorer: str) -> tuple[str, ...]:
+    if scorer not in SCORERS:
+        raise ValueError(f"scorer must be one of {', '.join(SCORERS)}")
+    return (scorer,) if scorer in MODEL_SCORERS else ()
+
+
+def _score_event(score, fired: bool, threshold: float, **detail: object) -> TriggerEvent:
+    return TriggerEvent("step_score", fired, score=score.value, threshold=threshold,
+                        detail={"scorer": score.scorer, **score.detail, **detail})
+
+
 class TrimThr(_Base):
     """TRIM-Thr: the cloud rewrites a step whose correctness score is below the threshold tau.
 
-    The default tau is calibrated RouteLLM-style: the 20% quantile of logprob scores of the
-    0.5B edge model's steps on GSM8K dev problems (see README, "Bench").
+    ``scorer`` is ``logprob`` (free), ``self`` (the local model's P(yes)) or ``cloud-judge`` (one
+    cloud token); see triggers.scorers. The default tau for ``logprob`` is calibrated RouteLLM-style:
+    the 20% quantile of logprob scores of the 0.5B edge model's steps on GSM8K dev problems (README,
+    "Bench"); the other two scorers are probabilities and default to 0.5.
     """
 
     name = "trim-thr"
     uses_cloud = True
     threshold_param = "tau"
     default_tau = 0.68  # 20% quantile of 132 step scores, 20 GSM8K dev problems, qwen2.5-coder-0.5b
+    default_tau_by_scorer = {"logprob": default_tau, "self": 0.5, "cloud-judge": 0.5}
 
     def __init__(self, tau: float | None = None, scorer: str = "logprob") -> None:
-        from .scorers import SCORERS
-
-        if scorer not in SCORERS:
-            raise ValueError(f"scorer must be one of {', '.join(SCORERS)}")
+        self.needs = _scorer_needs(scorer)
         if tau is not None and not 0.0 <= tau <= 1.0:
             raise ValueError("tau must be between 0 and 1")
-        self.tau = self.default_tau if tau is None else tau
+        self.tau = self.default_tau_by_scorer[scorer] if tau is None else tau
         self.scorer_name = scorer
-        self.scorer = SCORERS[scorer]
         self.params = {k: v for k, v in (("tau", tau), ("scorer", scorer if scorer != "logprob" else None)) if v is not None}
 
-    def score(self, step: Step) -> float:
-        return self.scorer(step.signals)
+    def score(self, step: Step, inputs: StepInputs | None = None) -> float:
+        return step_score(self.scorer_name, step, inputs).value
 
-    def check(self, steps: Sequence[Step], step: Step) -> list[TriggerEvent]:
-        score = self.score(step)
-        return [TriggerEvent("step_score", score < self.tau, score=score, threshold=self.tau,
-                             detail={"scorer": self.scorer_name})]
+    def check(self, steps: Sequence[Step], step: Step, inputs: StepInputs | None = None) -> list[TriggerEvent]:
+        score = step_score(self.scorer_name, step, inputs)
+        return [_score_event(score, score.value < self.tau, self.tau)]
+
+
+# What an escalation costs when no cloud price is known (offline runs): DeepSeek-R1's list price in
+# USD per 1M tokens, the same one 'edge-agent cloud-local' uses.
+REFERENCE_PRICE = (0.55, 2.19)
+CLOUD_STEP_PROMPT_TOKENS = 80  # the rewrite request's instructions, around the problem and the steps
+
+
+class TrimBudget(_Base):
+    """TRIM budget-aware: escalate a step only when its expected gain beats lam times its cost.
+
+    The step is rewritten by the cloud when::
+
+        (1 - score) * value > lam_eff * expected_cost
+        lam_eff = lam / max(remaining_share, floor)
+        expected_cost = (input_tokens * price_in + rewrite_tokens * price_out) / 1e6
+
+    ``score`` comes from ``scorer`` (see triggers.scorers), so ``1 - score`` is the chance the step
+    is wrong; ``value`` is what correcting a wrong step is worth, in USD. ``remaining_share`` is the
+    share of this session's cap (``--max-cost``) still unspent; with no cap, the share of
+    ``budget_tokens`` cloud output tokens still unused; with neither, 1. As the budget runs out
+    ``lam_eff`` rises (at most ``lam / floor``), so within a hard cap the remaining escalations go
+    to the lowest-scored steps. ``input_tokens`` is the rewrite request's size (problem and steps
+    so far, as counted by the local tokenizer, plus the instructions), ``rewrite_tokens`` a typical
+    cloud step, and the prices are the cloud's (``REFERENCE_PRICE`` when there is none).
+    Equivalently, the step escalates when ``score < 1 - lam_eff * expected_cost / value``: that
+    number is stored as the event's threshold. ``lam`` is the one knob (``tune --grid "lam=..."``).
+    """
+
+    name = "trim-budget"
+    uses_cloud = True
+    threshold_param = "lam"
+
+    def __init__(self, lam: float = 1.0, value: float = 0.001, scorer: str = "logprob", budget_tokens: int = 0,
+                 rewrite_tokens: int = 64, floor: float = 0.05) -> None:
+        import inspect
+
+        given = {k: v for k, v in locals().items() if k not in ("self", "inspect")}
+        self.needs = ("spend", *_scorer_needs(scorer))
+        if lam < 0 or value <= 0 or budget_tokens < 0 or rewrite_tokens < 1 or not 0 < floor <= 1:
+            raise ValueError("lam >= 0, value > 0, budget_tokens >= 0, rewrite_tokens >= 1 and 0 < floor <= 1")
+        self.lam, self.value, self.scorer_name = float(lam), float(value), scorer
+        self.budget_tokens, self.rewrite_tokens, self.floor = budget_tokens, rewrite_tokens, float(floor)
+        defaults = {k: p.default for k, p in inspect.signature(TrimBudget.__init__).parameters.items() if k != "self"}
+        self.params = {k: v for k, v in given.items() if v != defaults[k]}
+        self.problem_tokens = 0
+
+    def reset(self, problem: str) -> None:
+        self.problem_tokens = len(problem) // 4 + 1  # about four characters per token
+
+    def remaining_share(self, steps: Sequence[Step], inputs: StepInputs | None) -> float:
+        spend = inputs.spend if inputs is not None else None
+        if spend is not None and spend.cap_usd is not None:
+            return max(spend.cap_usd - spend.cost_usd, 0.0) / spend.cap_usd if spend.cap_usd > 0 else 0.0
+        if self.budget_tokens:
+            used = spend.cloud_output_tokens if spend is not None else sum(s.tokens for s in steps if s.author == "cloud")
+            return max(self.budget_tokens - used, 0) / self.budget_tokens
+        return 1.0
+
+    def expected_cost(self, steps: Sequence[Step], inputs: StepInputs | None) -> float:
+        spend = inputs.spend if inputs is not None else None
+        price_in, price_out = REFERENCE_PRICE
+        if spend is not None and spend.price_in is not None and spend.price_out is not None:
+            price_in, price_out = spend.price_in, spend.price_out
+        input_tokens = CLOUD_STEP_PROMPT_TOKENS + self.problem_tokens + sum(s.tokens for s in steps)
+        return (input_tokens * price_in + self.rewrite_tokens * price_out) / 1e6
+
+    def check(self, steps: Sequence[Step], step: Step, inputs: StepInputs | None = None) -> list[TriggerEvent]:
+        score = step_score(self.scorer_name, step, inputs)
+        share = self.remaining_share(steps, inputs)
+        lam_eff = self.lam / max(share, self.floor)
+        cost = self.expected_cost(steps, inputs)
+        fired = (1.0 - score.value) * self.value > lam_eff * cost
+        threshold = round(1.0 - lam_eff * cost / self.value, 6)
+        return [_score_event(score, fired, threshold, lam=self.lam, lam_eff=round(lam_eff, 6), value=self.value,
+                             expected_cost_usd=round(cost, 9), remaining_share=round(share, 6))]
+
+
+class TrimLearned(_Base):
+    """TRIM-Agg style learned trigger: a logistic regression over free step features ('tune --learn').
+
+    It escalates when the predicted probability that the step is correct is below ``tau``. The
+    model is a JSON file saved by ``edge-agent tune --learn`` (``model``: a path, ``vN``, or
+    ``latest`` in the config dir's ``models/``); at run time it needs no scikit-learn and no cloud.
+    """
+
+    name = "trim-learned"
+    uses_cloud = True
+    threshold_param = "tau"
+
+    def __init__(self, model: str = "latest", tau: float = 0.5) -> None:
+        from .learned import load_model
+
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError("tau must be between 0 and 1")
+        self.model = load_model(str(model))
+        self.tau = float(tau)
+        # the resolved version is part of the label, so resume uses the same model
+        self.params = {"model": self.model.ref, **({"tau": tau} if tau != 0.5 else {})}
+
+    def check(self, steps: Sequence[Step], step: Step, inputs: StepInputs | None = None) -> list[TriggerEvent]:
+        from .learned import features
+
+        x = features(steps, step)
+        p = self.model.predict(x)
+        return [TriggerEvent("step_score", p < self.tau, score=p, threshold=self.tau,
+                             detail={"scorer": "learned", "model": self.model.ref,
+                                     "features": dict(zip(self.model.features, (round(v, 6) for v in x)))})]
 
 
 class TrigReason(_Base):
@@ -190,7 +313,7 @@ class TrigReason(_Base):
             return Action("plan", trigger="strategic_initiation", reason="plan=always")
         return ACCEPT
 
-    def check(self, steps: Sequence[Step], step: Step) -> list[TriggerEvent]:
+    def check(self, steps: Sequence[Step], step: Step, inputs: StepInputs | None = None) -> list[TriggerEvent]:
         from . import detectors as d
 
         c = self.cfg
@@ -231,7 +354,57 @@ class TrigReason(_Base):
         return ACCEPT
 
 
-POLICIES: dict[str, type] = {p.name: p for p in (LocalOnly, CloudOnly, EveryK, TrimThr, TrigReason)}
+class Hybrid(TrigReason):
+    """TrigReason's triggers plus a budget-aware TRIM step score (logprob by default: free).
+
+    The TrigReason triggers go first (plan, loop intervention, offloading), then a step whose score
+    fails ``trim-budget``'s test (``lam``, ``value``, ``scorer``, ``budget_tokens``) is rewritten.
+    ``max_cloud`` caps all cloud actions of a session together.
+    """
+
+    name = "hybrid"
+    threshold_param = "lam"
+
+    def __init__(self, lam: float = 1.0, value: float = 0.001, scorer: str = "logprob", budget_tokens: int = 0,
+                 **trigreason: object) -> None:
+        self.trim = TrimBudget(lam=lam, value=value, scorer=scorer, budget_tokens=budget_tokens)
+        super().__init__(**trigreason)  # type: ignore[arg-type]
+        self.params = {**self.params, **self.trim.params}
+        self.needs = self.trim.needs
+
+    def reset(self, problem: str) -> None:
+        super().reset(problem)
+        self.trim.reset(problem)
+
+    def check(self, steps: Sequence[Step], step: Step, inputs: StepInputs | None = None) -> list[TriggerEvent]:
+        return super().check(steps, step, inputs) + self.trim.check(steps, step, inputs)
+
+    def decide(self, steps: Sequence[Step], step: Step, events: Sequence[TriggerEvent]) -> Action:
+        action = super().decide(steps, step, [e for e in events if e.trigger != "step_score"])
+        if action.kind != "accept" or action.reason:  # a TrigReason action, or max_cloud reached
+            return action
+        e = next((e for e in events if e.fired and e.trigger == "step_score"), None)
+        if e is None:
+            return ACCEPT
+        if self._cloud_used(steps) >= self.cfg["max_cloud"]:
+            return Action("accept", trigger=e.trigger, score=e.score, threshold=e.threshold,
+                          reason=f"max_cloud={self.cfg['max_cloud']} reached")
+        return Action("rewrite", trigger="step_score", score=e.score, threshold=e.threshold)
+
+
+def _hybrid_signature():
+    """Hybrid takes its own four parameters plus every TrigReason one (one list, kept in sync)."""
+    import inspect
+
+    own = [p for k, p in inspect.signature(Hybrid.__init__).parameters.items() if k not in ("trigreason",)]
+    rest = [p for k, p in inspect.signature(TrigReason.__init__).parameters.items() if k != "self"]
+    return inspect.Signature(own + rest)
+
+
+Hybrid.__init__.__signature__ = _hybrid_signature()  # type: ignore[attr-defined]
+
+POLICIES: dict[str, type] = {p.name: p for p in (LocalOnly, CloudOnly, EveryK, TrimThr, TrimBudget, TrimLearned,
+                                                 TrigReason, Hybrid)}
 
 
 def split_specs(text: str) -> list[str]:
