@@ -262,18 +262,23 @@ class StepStream:
         self.cancel = cancel  # any of these set: stop at the next token (client gone, server stopping)
         self.pending: Step | None = None
         self.next_index = 0  # the index after the last step sent
+        self.local = False  # inside a local draft: the only place a stop loses nothing paid for
 
     def _check(self) -> None:
         if any(e.is_set() for e in self.cancel):
             raise Cancelled()
 
     def step_start(self, index: int, author: str) -> None:
-        self._check()
+        # a cloud step's start comes after its (paid) call and just before its commit: never stop there
+        self.local = author == "local"
+        if self.local:
+            self._check()
         if self.pending is not None and index > self.pending.index:
             self.flush()
 
     def text(self, piece: str) -> None:
-        self._check()
+        if self.local:
+            self._check()
 
     def step_end(self, step: Step) -> None:
         # the same index again means the draft was replaced (or kept after a failed cloud call)
