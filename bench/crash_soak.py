@@ -62,7 +62,10 @@ def main() -> None:
             before = committed(db)
             if not before:
                 conn = sqlite3.connect(db)
-                sid = (conn.execute("SELECT id FROM sessions").fetchone() or [None])[0]
+                try:
+                    sid = (conn.execute("SELECT id FROM sessions").fetchone() or [None])[0]
+                except sqlite3.OperationalError:  # killed while the schema was being created
+                    sid = None
                 conn.close()
             else:
                 sid = before[0][1]
