@@ -270,3 +270,29 @@ def test_paid_scorers_cannot_be_calibrated_from_traces(tmp_path):
                        "--out", str(tmp_path / "o"))
         assert proc.returncode == 2 and "use --grid" in proc.stderr.decode(), proc.stderr.decode()
     assert logprob_score(Signals()) == 1.0
+
+
+def test_outcome_labels_mark_a_step_wrong_when_its_cloud_rewrite_fixes_the_answer(smol, db, fault_server):
+    from edge_agent.learn import label_traces
+
+    problem = "Tom has 2 apples and buys 3 more. How many apples does he have?"
+    server = fault_server("script", replies=["He has 2 + 3 = 5 apples, so \\boxed{5}."])
+    cloud = make_cloud("openai:m", base_url=server.url + "/v1", price=Price(1, 2), max_retries=0)
+    settings = Settings(max_steps=2, max_step_tokens=16)
+    agent = Agent(smol, db, "local-only", cloud=cloud)
+    traces = []
+    for correct in (False, True):
+        res = agent.solve(problem, settings)
+        traces.append({"session_id": res.session_id, "gold": "5", "correct": correct})
+    n = len(store.load_state(db, traces[0]["session_id"]).steps)
+    data = label_traces(agent, db, traces, "outcome", settings)
+    # the "wrong" trace: every step's rewrite states the right answer, so each step is labelled wrong;
+    # the right trace's steps are all correct and cost nothing
+    assert data.labels == [0] * n + [1] * n and data.skipped == 0 and data.problems == 2
+    replays = [s for s in db["sessions"].rows if s["id"] not in {t["session_id"] for t in traces}]
+    assert len(replays) == n == len(server.requests)
+    calls = [c for s in replays for c in store.cloud_calls(db, s["id"])]
+    assert [c["purpose"] for c in calls] == ["rewrite_step"] * n
+    for k, s in enumerate(sorted(replays, key=lambda s: s["id"])):  # replay k keeps the first k local steps
+        steps = store.load_state(db, s["id"]).steps
+        assert [st.author for st in steps] == ["local"] * k + ["cloud"] and s["answer"] == "5"
