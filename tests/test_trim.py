@@ -206,7 +206,12 @@ def test_hybrid_puts_trigreason_first_then_the_budget_aware_score():
 
     p = get_policy("hybrid(loop=False,offload=False,plan=never,max_cloud=1)")
     assert p.needs == ("spend",) and p.label == "hybrid(loop=False,max_cloud=1,offload=False,plan=never)"
-    assert get_policy("hybrid(lam=2,scorer=self)").needs == ("spend", "self")
+    assert get_policy("hybrid(lam=3,scorer=self)").needs == ("spend", "self")
+    for spec in ("hybrid", "hybrid(lam=1.0)", "hybrid(lam=3,value=0.01,plan=always)"):  # the label rebuilds the policy
+        built = get_policy(spec)
+        again = get_policy(built.label)
+        assert again.label == built.label and again.trim.lam == built.trim.lam and again.cfg == built.cfg
+    assert get_policy("hybrid").trim.lam == 2.0 and get_policy("hybrid(lam=1.0)").label == "hybrid(lam=1.0)"
     spend = StepInputs(spend=Spend(price_in=0.5, price_out=2.0))
     shaky = _step(1, **SHAKY)
     events = p.check([_step(0, **SURE)], shaky, spend)

@@ -357,19 +357,25 @@ class TrigReason(_Base):
 class Hybrid(TrigReason):
     """TrigReason's triggers plus a budget-aware TRIM step score (logprob by default: free).
 
-    The TrigReason triggers go first (plan, loop intervention, offloading), then a step whose score
-    fails ``trim-budget``'s test (``lam``, ``value``, ``scorer``, ``budget_tokens``) is rewritten.
-    ``max_cloud`` caps all cloud actions of a session together.
+    The TrigReason triggers go first (plan, loop intervention, offloading), then a step that passes
+    ``trim-budget``'s test (``lam``, ``value``, ``scorer``, ``budget_tokens``) is rewritten.
+    ``max_cloud`` caps all cloud actions of a session together. ``lam`` defaults to 2, above
+    trim-budget's 1: the TrigReason triggers spend too, so the score escalates only clearly shaky
+    steps (below ~0.6 on a short GSM8K problem at DeepSeek prices); the bench is to tune it.
     """
 
     name = "hybrid"
     threshold_param = "lam"
 
-    def __init__(self, lam: float = 1.0, value: float = 0.001, scorer: str = "logprob", budget_tokens: int = 0,
+    def __init__(self, lam: float = 2.0, value: float = 0.001, scorer: str = "logprob", budget_tokens: int = 0,
                  **trigreason: object) -> None:
+        import inspect
+
         self.trim = TrimBudget(lam=lam, value=value, scorer=scorer, budget_tokens=budget_tokens)
         super().__init__(**trigreason)  # type: ignore[arg-type]
-        self.params = {**self.params, **self.trim.params}
+        defaults = inspect.signature(Hybrid.__init__).parameters
+        own = {"lam": lam, "value": value, "scorer": scorer, "budget_tokens": budget_tokens}
+        self.params = {**self.params, **{k: v for k, v in own.items() if v != defaults[k].default}}
         self.needs = self.trim.needs
 
     def reset(self, problem: str) -> None:
