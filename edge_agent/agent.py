@@ -391,7 +391,7 @@ class Agent:
             r.cb.step_start(step.index, "cloud")
             if r.cb.text:
                 r.cb.text(step.text)
-        answer = extract_answer(step.text)
+        answer = extract_answer(step.text) if step.kind != "plan" else None  # a plan tells what to do, it never ends a solve
         status = "done" if answer is not None else {"eos": "ended", "context": "context_full"}.get(step.finish, "running")
         store.commit_step(self.db, r.sid, step, evaluated=evaluated, events=events, status=status, answer=answer,
                           rollback_reason="intervention" if rollback is not None else None)

@@ -196,3 +196,14 @@ def test_the_tiny_model_loops_by_itself_and_a_kill_during_the_intervention_resum
                          "JOIN budget_reservations r ON r.id = c.reservation_id ORDER BY c.id").fetchall()
     assert [c[0] for c in calls] == ["reclaimed", "ok"]
     assert calls[0][1] == calls[0][2] > 0  # the dead call is charged its full reservation: never under-counted
+
+
+def test_a_plan_that_states_an_answer_does_not_end_the_solve(fault_server):
+    server = fault_server("script", replies=["Plan:\n1. Multiply the boxes by the pens.\n2. The answer is \\boxed{7}."])
+    proc = run_cli("solve", PROBLEM, "--json", "--policy", "trigreason(plan=always,loop=False,offload=False)",
+                   "--cloud", "openai:m", "--cloud-base-url", server.url + "/v1", "--price-in", "1", "--price-out", "2",
+                   "--max-steps", "2", "--max-step-tokens", "24")
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(proc.stdout)
+    assert report["steps"][0]["kind"] == "plan" and len(report["steps"]) >= 2
+    assert report["steps"][1]["author"] == "local"  # the local model went on after the plan
