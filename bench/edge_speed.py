@@ -6,7 +6,9 @@ Prints, in one run:
   - tokens evaluated per step against new tokens per step (KV reuse);
   - the same step loop with the ``trigreason`` detectors run on every step (difficulty, offload,
     loop with the MiniLM embedder, warmed before timing): decode tok/s counting detector time, the
-    ratio to raw, and the detectors' and the embedding's cost per step.
+    ratio to raw, and the detectors' and the embedding's cost per step;
+  - with ``--self-scorer``, the step loop with TRIM's ``self`` scorer after every step (the local
+    model's P(yes) to "Is the last step correct?", KV reused): its added time per step and the ratio.
 
     python bench/edge_speed.py --model qwen2.5-coder-0.5b
 """
@@ -65,8 +67,10 @@ class TimedEmbedder:
         return out
 
 
-def agent_decode(model: LocalModel, prompt: list[int], n: int, step_tokens: int, policy=None) -> dict:
-    """The agent's step loop; with ``policy``, its detectors judge every step (timed with the decode)."""
+def agent_decode(model: LocalModel, prompt: list[int], n: int, step_tokens: int, policy=None,
+                 self_scorer: bool = False) -> dict:
+    """The agent's step loop; with ``policy``, its detectors judge every step, with ``self_scorer``
+    the local model checks every step (both timed together with the decode)."""
     from edge_agent.values import Step
 
     context = list(prompt)
@@ -88,6 +92,12 @@ def agent_decode(model: LocalModel, prompt: list[int], n: int, step_tokens: int,
             policy.decide(done, step, [e for e in policy.check(done, step) if e.fired])
             detect += time.perf_counter() - t0
             done.append(step)
+        if self_scorer:
+            from triggers.scorers import NO, VERIFY_QUESTION, YES
+
+            t0 = time.perf_counter()
+            model.verify(context, VERIFY_QUESTION, YES, NO)
+            detect += time.perf_counter() - t0
     return {"tok_s": produced / (seconds + detect), "tokens": produced, "steps": steps, "detect_s": detect}
 
 
@@ -98,6 +108,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--step-tokens", type=int, default=256)
     ap.add_argument("--no-triggers", action="store_true", help="skip the run with trigreason's detectors")
+    ap.add_argument("--self-scorer", action="store_true", help="also time TRIM's self scorer on every step")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -117,7 +128,7 @@ def main() -> None:
         policy = get_policy("trigreason")
         policy.embedder = TimedEmbedder(shared())
         policy.reset(PROBLEM)
-    raws, agents, trigs, runs, trig_runs = [], [], [], [], []
+    raws, agents, trigs, runs, trig_runs, selfs, self_runs = [], [], [], [], [], [], []
     for _ in range(args.repeats):  # interleaved so machine noise hits all alike
         raws.append(raw_decode(model, prompt, args.tokens)[0])
         run = agent_decode(model, prompt, args.tokens, args.step_tokens)
@@ -127,6 +138,10 @@ def main() -> None:
             trig = agent_decode(model, prompt, args.tokens, args.step_tokens, policy)
             trigs.append(trig["tok_s"])
             trig_runs.append(trig)
+        if args.self_scorer:
+            run_self = agent_decode(model, prompt, args.tokens, args.step_tokens, self_scorer=True)
+            selfs.append(run_self["tok_s"])
+            self_runs.append(run_self)
     raw, agent = statistics.median(raws), statistics.median(agents)
     steps = [s for r in runs for s in r["steps"]]
     later = steps[1:] if len(steps) > 1 else steps  # each run's first step also syncs one token
@@ -152,6 +167,13 @@ def main() -> None:
             "embedding_calls": len(emb),
             "embedder_warmup_s": round(warm_s, 2),
         })
+    if args.self_scorer:
+        n_steps = sum(len(r["steps"]) for r in self_runs)
+        out.update({
+            "self_tok_s": round(statistics.median(selfs), 1),
+            "self_ratio": round(statistics.median(selfs) / raw, 3),
+            "self_ms_per_step": round(1000 * sum(r["detect_s"] for r in self_runs) / n_steps, 1),
+        })
     if args.json:
         print(json.dumps(out))
         return
@@ -167,6 +189,9 @@ def main() -> None:
               f"(detector time counted)")
         print(f"detectors {out['detectors_ms_per_step']} ms/step · embedding {out['embedding_ms_per_call']} ms/call "
               f"over {out['embedding_calls']} calls · embedder load {out['embedder_warmup_s']} s (background)")
+    if args.self_scorer:
+        print(f"with the self scorer      {out['self_tok_s']:6.1f} tok/s   ratio {out['self_ratio']:.3f} "
+              f"(self check {out['self_ms_per_step']} ms/step counted)")
 
 
 if __name__ == "__main__":
