@@ -255,14 +255,13 @@ def _run(agent, session_id: str | None, problem: str | None, settings, as_json: 
 
 def _agent(model: str | None, db, n_ctx: int, policy: str = "local-only", **cloud):
     from .agent import Agent
-    from .local import LocalModel
-    from .presets import resolve_model
+    from .presets import open_model
 
-    name, path = resolve_model(model, progress=_join_progress())
     threads = os.environ.get("EDGE_AGENT_THREADS")
     if threads is not None and (not threads.isdigit() or int(threads) < 1):
         raise InputError("EDGE_AGENT_THREADS must be a whole number >= 1")
-    return Agent(LocalModel(path, name, n_ctx=n_ctx, n_threads=int(threads) if threads else None), db, policy, **cloud)
+    local = open_model(model, n_ctx=n_ctx, n_threads=int(threads) if threads else None, progress=_join_progress())
+    return Agent(local, db, policy, **cloud)
 
 
 def _join_progress():

@@ -227,6 +227,11 @@ def check_gguf(path: Path) -> Path:
 def resolve_model(name_or_path: str | None, progress=None) -> tuple[str, Path]:
     """Map ``--model`` (preset name or path) to (display name, verified GGUF path)."""
     name = name_or_path or DEFAULT_PRESET
+    if name.startswith("script:"):  # a scripted model (tests, demos): see edge_agent/scripted.py
+        path = Path(name[len("script:"):]).expanduser()
+        if not path.is_file():
+            raise ModelError(f"scripted model not found: {path}: pass script:FILE.json")
+        return "script:" + path.name, path
     if name in PRESETS:
         return name, check_gguf(ensure_preset(PRESETS[name], progress))
     looks_like_path = os.sep in name or name.endswith(".gguf") or Path(name).exists()
@@ -236,3 +241,15 @@ def resolve_model(name_or_path: str | None, progress=None) -> tuple[str, Path]:
         )
     path = Path(name).expanduser()
     return path.name, check_gguf(path)
+
+
+def open_model(name_or_path: str | None, *, n_ctx: int = 4096, n_threads: int | None = None, progress=None):
+    """The one factory for the local model: resolve ``--model`` and build it (weights load on first use)."""
+    name, path = resolve_model(name_or_path, progress=progress)
+    if name.startswith("script:"):
+        from .scripted import ScriptedModel
+
+        return ScriptedModel(path, n_ctx=n_ctx)
+    from .local import LocalModel
+
+    return LocalModel(path, name, n_ctx=n_ctx, n_threads=n_threads)

@@ -38,8 +38,16 @@ def test_unusable_conversations_are_refused_with_the_fix(messages, message):
 
 
 def test_repl_turns_commands_and_ctrl_c_mid_turn(tmp_path, monkeypatch):
-    """Turn 1 runs; turn 2 is cancelled after its first committed step; turn 3 runs and the REPL goes on."""
+    """Turn 1 runs; turn 2 is cancelled after its first committed step; turn 3 runs and the REPL goes on.
+
+    A scripted model writes the turns, so turn 2 has a second step to cancel on any llama.cpp build."""
     from edge_agent import cli as cli_module
+
+    script = tmp_path / "turns.json"
+    script.write_text(json.dumps({
+        "steps": ["2 + 2 = \\boxed{4}."],
+        "when": [{"match": "Second", "steps": ["One, two, three.", "Four, five, six.", "Seven, eight."]}],
+    }))
 
     real_step_end = cli_module.Renderer.step_end
     seen = {"turn": 0}
@@ -59,7 +67,7 @@ def test_repl_turns_commands_and_ctrl_c_mid_turn(tmp_path, monkeypatch):
         return original_ask(self, user)
 
     monkeypatch.setattr("edge_agent.chat.Chat.ask", ask)
-    script = "\n".join([
+    lines = "\n".join([
         "First: what is 2+2?",
         "/policy no-such-policy",
         "/policy local-only",
@@ -72,8 +80,8 @@ def test_repl_turns_commands_and_ctrl_c_mid_turn(tmp_path, monkeypatch):
         "/quit",
         "Never asked.",
     ]) + "\n"
-    result = CliRunner().invoke(cli_module.cli, ["chat", "--max-steps", "2", "--max-step-tokens", "24",
-                                                 "--n-ctx", "2048"], input=script)
+    result = CliRunner().invoke(cli_module.cli, ["chat", "--model", f"script:{script}", "--max-steps", "2",
+                                                 "--max-step-tokens", "24", "--n-ctx", "2048"], input=lines)
     out = result.output
     assert result.exit_code == 0, out + repr(result.exception)
     assert "Error: unknown policy 'no-such-policy'" in out and "policy: local-only" in out
@@ -86,9 +94,17 @@ def test_repl_turns_commands_and_ctrl_c_mid_turn(tmp_path, monkeypatch):
     assert len(rows) == 3  # the line after /quit was never asked
     settings = [json.loads(r[3]) for r in rows]
     assert len({s["conversation_id"] for s in settings}) == 1 and [s["turn"] for s in settings] == [0, 1, 2]
+    assert rows[0][2] == rows[2][2] == "done"
     cancelled = rows[1]
     assert cancelled[2] == "running"  # resumable
     assert conn.execute("SELECT COUNT(*) FROM steps WHERE session_id = ?", [cancelled[0]]).fetchone()[0] == 1
+    from tests.conftest import run_cli
+
+    resumed = run_cli("resume", cancelled[0], "--json")  # the cancelled turn continues on the same script
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    report = json.loads(resumed.stdout)
+    assert report["status"] == "max_steps" and [s["text"] for s in report["steps"]] == ["One, two, three.",
+                                                                                        "Four, five, six."]
     third = rows[2][1]
     assert "User: First: what is 2+2?" in third and "Second" not in third and third.endswith("Third: what is 3+3?")
     assert f"conversation {settings[0]['conversation_id']}:" in out  # /cost totals

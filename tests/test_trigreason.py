@@ -145,27 +145,30 @@ def test_a_plan_comes_first_and_a_refused_one_is_recorded(llama_server, tmp_path
 
 
 LOOPING = "Tom has 5 apples. He eats one apple each day. Describe each day in its own paragraph until he has none left."
+LOOP_STEP = "Day 1: Tom eats one apple, so Tom has one apple less than before and the apples go on."
 
 
-def test_the_tiny_model_loops_by_itself_and_a_kill_during_the_intervention_resumes(fault_server, tmp_path):
-    """Default loop thresholds on the embedded model's own repetition; SIGKILL while the cloud is
-    reviewing; resume reclaims the dead call, applies the rollback and completes."""
+def test_a_looping_model_gets_an_intervention_and_a_kill_during_it_resumes(fault_server, tmp_path):
+    """Default loop thresholds on a model that repeats itself (scripted, so it loops on any build);
+    SIGKILL while the cloud is reviewing; resume reclaims the dead call, applies the rollback and completes."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
+    script = tmp_path / "loop.json"
+    script.write_text(json.dumps({"steps": [LOOP_STEP], "then": "repeat"}))
     server = fault_server("hang", hang_s=120)
     policy = "trigreason(plan=never,offload=False,max_interventions=1,max_cloud=1)"
-    args = ["--policy", policy, "--cloud", "openai:m", "--cloud-base-url", server.url + "/v1", "--price-in", "1",
-            "--price-out", "2", "--max-steps", "4", "--max-step-tokens", "48"]
+    args = ["--model", f"script:{script}", "--policy", policy, "--cloud", "openai:m", "--cloud-base-url",
+            server.url + "/v1", "--price-in", "1", "--price-out", "2", "--max-steps", "4", "--max-step-tokens", "128"]
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "solve", LOOPING, "--json", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ)
     deadline = time.time() + 180
     while time.time() < deadline and not server.requests and proc.poll() is None:
         time.sleep(0.05)
-    assert server.requests, "the tiny model did not loop into an intervention: " + proc.stderr.read().decode()[-500:]
+    assert server.requests, "the looping model got no intervention: " + proc.stderr.read().decode()[-500:]
     assert "first_wrong_step" in server.requests[0]["body"]["messages"][0]["content"]  # the review prompt
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -181,7 +184,8 @@ def test_the_tiny_model_loops_by_itself_and_a_kill_during_the_intervention_resum
     resumed = run_cli("resume", sid, "--json")
     assert resumed.returncode == 0, resumed.stderr.decode()
     report = json.loads(resumed.stdout)
-    assert report["status"] in {"done", "ended", "max_steps"}
+    assert report["status"] == "max_steps"  # the model goes on repeating; max_interventions=1 lets it
+    assert [s["text"] for s in report["steps"][1:]] == [LOOP_STEP] * 3
     first = report["steps"][0]
     assert (first["author"], first["kind"], first["text"], first["trigger"]) == ("cloud", "intervention", fix, "loop")
     loop = next(e for e in report["events"] if e["trigger"] == "loop")
@@ -189,7 +193,7 @@ def test_the_tiny_model_loops_by_itself_and_a_kill_during_the_intervention_resum
     conn = sqlite3.connect(tmp_path / "edge.db")
     old = conn.execute("SELECT id, idx, author, text, superseded_by IS NOT NULL FROM steps WHERE id = ?",
                        [before[0][0]]).fetchone()
-    assert old == (*before[0], 1)  # the looping step is kept verbatim, marked superseded
+    assert old == (*before[0], 1) and before[0][3] == LOOP_STEP  # kept verbatim, marked superseded
     assert conn.execute("SELECT to_idx, reason FROM rollbacks").fetchall() == [(0, "intervention")]
     assert conn.execute("SELECT COUNT(*) FROM budget_reservations WHERE status = 'open'").fetchone()[0] == 0
     calls = conn.execute("SELECT c.status, c.cost_nusd, r.amount_nusd FROM cloud_calls c "
