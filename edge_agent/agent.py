@@ -18,6 +18,9 @@ from .prompts import cloud_step_messages, intervene_messages, messages, plan_mes
 from .values import Action, Step, TriggerEvent
 
 MAX_PROBLEM_BYTES = 64_000
+MAX_N_CTX = 1 << 20  # llama.cpp allocates the whole KV cache up front: beyond this no laptop holds it
+MAX_STEPS = 10_000
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,12 @@ class Settings:
             raise InputError(f"--max-step-tokens must be between 8 and the context size ({self.n_ctx})")
         if not 0.0 <= self.temperature <= 5.0:
             raise InputError("--temperature must be between 0 and 5")
-        if self.n_ctx < 256:
-            raise InputError("--n-ctx must be at least 256")
+        if not 256 <= self.n_ctx <= MAX_N_CTX:
+            raise InputError(f"--n-ctx must be between 256 and {MAX_N_CTX:,}")
+        if self.max_steps > MAX_STEPS:
+            raise InputError(f"--max-steps must be at most {MAX_STEPS:,}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"--seed must be between 0 and {MAX_SEED}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Settings":

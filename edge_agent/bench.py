@@ -22,6 +22,7 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 def load_dataset(path: Path, limit: int | None = None) -> list[dict[str, str]]:
     rows = []
+    n = 0
     try:
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
@@ -31,13 +32,16 @@ def load_dataset(path: Path, limit: int | None = None) -> list[dict[str, str]]:
                     row = json.loads(line)
                 except ValueError:
                     raise InputError(f"{path}:{n} is not JSON: each line must be an object with id, problem, answer") from None
-                if not all(isinstance(row.get(k), str) and row[k] for k in ("id", "problem", "answer")):
+                if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k]
+                                                        for k in ("id", "problem", "answer")):
                     raise InputError(f"{path}:{n} lacks id, problem or answer (strings)")
                 rows.append(row)
                 if limit and len(rows) >= limit:
                     break
     except OSError as e:
         raise InputError(f"cannot read dataset {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"dataset {path} is not UTF-8 text (near line {n + 1}): convert it to UTF-8") from None
     if not rows:
         raise InputError(f"dataset {path} has no problems")
     return rows

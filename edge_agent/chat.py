@@ -239,12 +239,16 @@ class Chat:
         while True:
             try:
                 line = read().strip()
+                line.encode("utf-8")  # a line read with surrogateescape holds its bad bytes as lone surrogates
             except KeyboardInterrupt:
                 self.console.print("\n(/quit or Ctrl-D leaves)")
                 continue
             except EOFError:
                 self.console.print()
                 return
+            except UnicodeError:
+                self.console.print("Error: that line is not valid UTF-8 text: type it again", markup=False)
+                continue
             if not line:
                 continue
             if line.startswith("/"):

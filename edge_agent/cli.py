@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -16,11 +17,25 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 
 class Group(click.Group):
-    """Turns every domain error into one line on stderr and exit code 2."""
+    """Turns every domain error, and click's own usage errors, into one line on stderr and exit code 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for n, arg in enumerate(args, 1):
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                _fail(f"argument {n} is not valid UTF-8 text: pass it as UTF-8")
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            _usage_fail(e)
+            raise  # unreachable: _usage_fail exits
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            _usage_fail(e)
         except EdgeAgentError as e:
             _fail(str(e))
         except sqlite3.Error as e:
@@ -35,6 +50,13 @@ class Group(click.Group):
 def _fail(message: str) -> None:
     click.echo(f"Error: {message}", err=True)
     sys.exit(2)
+
+
+def _usage_fail(e: click.UsageError) -> None:
+    """click's "Usage: / Try: / Error:" block as one line that names the fix."""
+    message = " ".join(e.format_message().split())
+    path = e.ctx.command_path if e.ctx is not None else "edge-agent"
+    _fail(f"{message} (see '{path} --help')")
 
 
 def db_option(f):
@@ -85,8 +107,8 @@ def cloud_options(f):
 def _make_cloud(cfg, spec, base_url, offline, price_in, price_out, cache=False):
     """The configured cloud, or None (offline or none configured)."""
     if price_in is not None or price_out is not None:
-        if price_in is None or price_out is None or price_in < 0 or price_out < 0:
-            raise InputError("give both --price-in and --price-out, as USD per 1M tokens (>= 0)")
+        if price_in is None or price_out is None or not all(math.isfinite(p) and p >= 0 for p in (price_in, price_out)):
+            raise InputError("give both --price-in and --price-out, as USD per 1M tokens (finite, >= 0)")
     if not spec and cfg.cloud.get("provider") and cfg.cloud.get("model"):
         spec = f"{cfg.cloud['provider']}:{cfg.cloud['model']}"
     if offline or not spec:
@@ -114,8 +136,8 @@ def _make_cloud(cfg, spec, base_url, offline, price_in, price_out, cache=False):
 def _caps(cfg, max_cost):
     from cloud.budget import Caps
 
-    if max_cost is not None and max_cost < 0:
-        raise InputError("--max-cost must be >= 0 (USD)")
+    if max_cost is not None and not (math.isfinite(max_cost) and max_cost >= 0):
+        raise InputError(f"--max-cost must be >= 0 and finite (USD), got {max_cost}")
     b = cfg.budget
     return Caps(
         session_usd=max_cost if max_cost is not None else b.get("max_cost_session"),
@@ -218,6 +240,10 @@ class Renderer:
 
 def _read_problem(problem: str) -> str:
     if problem != "-":
+        try:
+            problem.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("the problem is not valid UTF-8 text: pass it as UTF-8") from None
         return problem
     data = sys.stdin.buffer.read()
     try:
@@ -255,12 +281,9 @@ def _run(agent, session_id: str | None, problem: str | None, settings, as_json: 
 
 def _agent(model: str | None, db, n_ctx: int, policy: str = "local-only", **cloud):
     from .agent import Agent
-    from .presets import open_model
+    from .presets import env_threads, open_model
 
-    threads = os.environ.get("EDGE_AGENT_THREADS")
-    if threads is not None and (not threads.isdigit() or int(threads) < 1):
-        raise InputError("EDGE_AGENT_THREADS must be a whole number >= 1")
-    local = open_model(model, n_ctx=n_ctx, n_threads=int(threads) if threads else None, progress=_join_progress())
+    local = open_model(model, n_ctx=n_ctx, n_threads=env_threads(), progress=_join_progress())
     return Agent(local, db, policy, **cloud)
 
 
@@ -755,9 +778,9 @@ def tune(dataset, policy_name, grid, target_escalation_rate, target_pgr, learn, 
         chosen = dict(points[labels.index(best.policy)])
     written = None
     if write_config and chosen:
-        from triggers.policies import _convert
+        from triggers.policies import typed_params
 
-        written = str(save_policy_params(name, {k: _convert(v) for k, v in chosen.items()}))
+        written = str(save_policy_params(name, typed_params(name, chosen)))
     if as_json:
         from dataclasses import asdict
 

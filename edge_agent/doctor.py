@@ -42,16 +42,15 @@ def check_config() -> tuple[Any, Check]:
 
 def check_model(model: str | None) -> tuple[dict[str, Any], Check]:
     """Resolve ``--model`` as solve would, and load it once with a small context."""
-    from .presets import open_model, resolve_model
+    from .presets import env_threads, open_model, resolve_model
 
     fix = "pass --model with a preset from 'edge-agent models' or a .gguf path (or set EDGE_AGENT_MODEL)"
     info: dict[str, Any] = {"requested": model, "name": None, "path": None, "loads": False, "load_s": None}
     try:
         name, path = resolve_model(model)
         info.update(name=name, path=str(path))
-        threads = os.environ.get("EDGE_AGENT_THREADS", "")
         t0 = time.perf_counter()
-        local = open_model(model, n_ctx=512, n_threads=int(threads) if threads.isdigit() and int(threads) else None)
+        local = open_model(model, n_ctx=512, n_threads=env_threads())
         local.llm
         local.close()
         info.update(loads=True, load_s=round(time.perf_counter() - t0, 2))

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import InputError, ModelError
 
 GGUF_MAGIC = b"GGUF"
 
@@ -214,6 +214,8 @@ def check_gguf(path: Path) -> Path:
         raise ModelError(f"model file not found: {path}: pass a GGUF path or a preset name (see 'edge-agent models')")
     if path.is_dir():
         raise ModelError(f"model path is a directory: {path}: pass a .gguf file inside it")
+    if not path.is_file():  # a FIFO, a device or a socket: opening it could block forever
+        raise ModelError(f"model path {path} is not a regular file: pass a .gguf file")
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -229,7 +231,7 @@ def resolve_model(name_or_path: str | None, progress=None) -> tuple[str, Path]:
     name = name_or_path or DEFAULT_PRESET
     if name.startswith("script:"):  # a scripted model (tests, demos): see edge_agent/scripted.py
         path = Path(name[len("script:"):]).expanduser()
-        if not path.is_file():
+        if not path.is_file():  # missing, or not a regular file (a FIFO would block)
             raise ModelError(f"scripted model not found: {path}: pass script:FILE.json")
         return "script:" + path.name, path
     if name in PRESETS:
@@ -241,6 +243,21 @@ def resolve_model(name_or_path: str | None, progress=None) -> tuple[str, Path]:
         )
     path = Path(name).expanduser()
     return path.name, check_gguf(path)
+
+
+MAX_THREADS = 256
+
+
+def env_threads() -> int | None:
+    """``EDGE_AGENT_THREADS`` as llama.cpp's thread count (None: all cores); a bad value is refused."""
+    value = os.environ.get("EDGE_AGENT_THREADS")
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if not value.isdigit() or not 1 <= int(value) <= MAX_THREADS:
+        raise InputError(f"EDGE_AGENT_THREADS must be a whole number from 1 to {MAX_THREADS} (got {value[:20]!r}): "
+                         "unset it to use all cores")
+    return int(value)
 
 
 def open_model(name_or_path: str | None, *, n_ctx: int = 4096, n_threads: int | None = None, progress=None):

@@ -19,6 +19,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,7 @@ from .values import Step
 log = logging.getLogger("edge_agent.serve")
 
 DEFAULT_MODEL = "edge-agent"
+LEARNED_VERSION = re.compile(r"latest|v[0-9]{1,6}")
 MAX_BODY_BYTES = 1 << 20  # a problem is capped at 64 kB; a whole conversation gets some headroom
 SESSION_HEADER = "X-Edge-Agent-Session"
 
@@ -132,10 +134,16 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
             raise too_big
     try:
         data = json.loads(body)
-    except ValueError:
-        raise ApiError(400, "the body is not valid JSON: send a chat completion request object") from None
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        raise ApiError(400, "the body is not valid JSON (or nests too deeply): send a chat completion request "
+                            "object") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate such as "\udcff" parses, but is not text
+        raise ApiError(400, "the body holds a string that is not valid Unicode (a lone surrogate): send UTF-8 "
+                            "text") from None
     return data
 
 
@@ -172,6 +180,8 @@ def request_settings(body: dict[str, Any], base: Settings) -> Settings:
         changes["temperature"] = float(temperature)
     seed = _int(body, "seed")
     if seed is not None:
+        if not 0 <= seed < 2**32:
+            raise ApiError(400, "'seed' must be between 0 and 4294967295", param="seed")
         changes["seed"] = seed
     try:
         return replace(base, **changes)
@@ -349,9 +359,17 @@ def create_app(make_agent: Callable[[str], Agent], options: ServeOptions) -> Fas
                            param="model")
         if model == DEFAULT_MODEL:
             return options.default_policy
-        if parse_spec(model)[0] not in POLICIES:
-            raise ApiError(404, f"unknown model {model!r}: use 'edge-agent' or one of {', '.join(POLICIES)}",
+        unknown = ApiError(404, f"unknown model {model!r}: use 'edge-agent' or one of {', '.join(POLICIES)}",
                            param="model", code="model_not_found")
+        try:
+            name, params = parse_spec(model)
+        except InputError as e:
+            raise ApiError(400, str(e), param="model") from None
+        if name not in POLICIES:
+            raise unknown
+        # a client names a policy, never a file: a learned model is one the operator saved (latest or vN)
+        if "model" in params and not LEARNED_VERSION.fullmatch(params["model"]):
+            raise unknown
         try:
             label = options.resolve_policy(model)
         except InputError as e:

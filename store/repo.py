@@ -209,7 +209,9 @@ def resolve_id(db: Database, prefix: str) -> str:
     prefix = prefix.strip().upper()
     if not prefix:
         raise SessionError("empty session id: see 'edge-agent sessions' for ids")
-    rows = [r[0] for r in db.execute("SELECT id FROM sessions WHERE id LIKE ? LIMIT 2", [prefix + "%"]).fetchall()]
+    # a plain prefix comparison: LIKE would read % and _ in a user's prefix as wildcards
+    rows = [r[0] for r in db.execute("SELECT id FROM sessions WHERE substr(id, 1, ?) = ? LIMIT 2",
+                                     [len(prefix), prefix]).fetchall()]
     if not rows:
         raise SessionError(f"no session {prefix!r} in this database: see 'edge-agent sessions' for ids")
     if len(rows) > 1:

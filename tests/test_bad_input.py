@@ -1,6 +1,8 @@
 """Bad input: exit code 2, one line that says what to do, no traceback, the database intact."""
 
 import hashlib
+import os
+
 import pytest
 
 from tests.conftest import ROBE, run_cli
@@ -18,8 +20,10 @@ def _digest(path):
 
 @pytest.fixture
 def existing_db(tmp_path):
-    """A database holding one finished session, so 'intact' means something."""
-    proc = run_cli("solve", ROBE, "--max-steps", "1", "--max-step-tokens", "8", "--json")
+    """A database holding one finished session, so 'intact' means something (written by a scripted model)."""
+    script = tmp_path / "one.json"
+    script.write_text('["Half of 2 is 1, so 2 + 1 = 3."]')
+    proc = run_cli("solve", ROBE, "--model", f"script:{script}", "--max-steps", "1", "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     return tmp_path / "edge.db"
 
@@ -32,6 +36,10 @@ def _cases(tmp_path):
     long_problem = "How many apples does Sam have if " + "he buys three more apples and " * 60 + "eats one?"
     (tmp_path / "bad.toml").write_text("[cloud\nprovider = ")
     (tmp_path / "unknown.toml").write_text("[budget]\nmax_cost_week = 1.0\n")
+    (tmp_path / "latin1.jsonl").write_bytes('{"id": "1", "problem": "caf\u00e9 2+2", "answer": "4"}\n'.encode("latin-1"))
+    (tmp_path / "array.jsonl").write_text('["1", "2+2", "4"]\n')
+    os.mkfifo(tmp_path / "model.fifo")
+    bad = os.fsdecode(b"caf\xe9 \xff")  # bytes that are not UTF-8, as the shell passes them
     return {
         "empty problem": (["solve", ""], None, "empty"),
         "whitespace problem": (["solve", "   \n\t "], None, "empty"),
@@ -61,6 +69,36 @@ def _cases(tmp_path):
         "db from a newer version": (["solve", ROBE], None, "newer", "NEWER"),
         "db locked by another writer": (["solve", ROBE], None, "locked", "LOCKED"),
         "db is read-only": (["solve", ROBE], None, "read-only", "READONLY"),
+        # the adversarial probe's cases (issue 16)
+        "max cost nan": (["solve", ROBE, "--max-cost", "nan"], None, "--max-cost must be >= 0 and finite"),
+        "max cost inf": (["solve", ROBE, "--max-cost", "inf"], None, "--max-cost must be >= 0 and finite"),
+        "max cost 1e309": (["solve", ROBE, "--max-cost", "1e309"], None, "--max-cost must be >= 0 and finite"),
+        "max cost not a number": (["solve", ROBE, "--max-cost", "abc"], None, "'--max-cost': 'abc' is not a valid float"),
+        "max steps not a number": (["solve", ROBE, "--max-steps", "many"], None, "'--max-steps'"),
+        "unknown option": (["solve", ROBE, "--bogus"], None, "No such option '--bogus'"),
+        "missing problem": (["solve"], None, "Missing argument"),
+        "unknown command": (["solev", ROBE], None, "No such command"),
+        "negative seed": (["solve", ROBE, "--seed", "-1"], None, "--seed must be between 0 and"),
+        "price nan": (["solve", ROBE, "--cloud", "openai:m", "--price-in", "nan", "--price-out", "1"], None,
+                      "--price-in and --price-out"),
+        "policy parameter nan": (["solve", ROBE, "--policy", "hybrid(max_cloud=nan)"], None,
+                                 "parameter max_cloud takes a whole number"),
+        "policy int given true": (["solve", ROBE, "--policy", "every-k(k=true)"], None, "parameter k takes a whole number"),
+        "policy int given 1.5": (["solve", ROBE, "--policy", "every-k(k=1.5)"], None, "parameter k takes a whole number"),
+        "policy parameter twice": (["solve", ROBE, "--policy", "trim-thr(tau=0.5,tau=0.9)"], None, "given twice"),
+        "policy float given a word": (["solve", ROBE, "--policy", "trim-thr(tau=abc)"], None,
+                                      "parameter tau takes a number"),
+        "huge thread count": (["solve", ROBE], None, "EDGE_AGENT_THREADS must be a whole number from 1 to",
+                              {"EDGE_AGENT_THREADS": "99999"}),
+        "huge context": (["solve", ROBE, "--n-ctx", "1000000000000"], None, "--n-ctx must be between 256 and"),
+        "FIFO as model": (["solve", ROBE, "--model", str(tmp_path / "model.fifo")], None, "not a regular file"),
+        "non-utf8 problem argument": (["solve", bad], None, "not valid UTF-8"),
+        "non-utf8 session id": (["show", bad], None, "not valid UTF-8"),
+        "non-utf8 rollback id": (["rollback", bad, "--to", "0"], None, "not valid UTF-8"),
+        "wildcard session id": (["rollback", "%", "--to", "0"], None, "no session"),
+        "wildcard show id": (["show", "_"], None, "no session"),
+        "non-utf8 dataset": (["bench", "--dataset", str(tmp_path / "latin1.jsonl")], None, "not UTF-8"),
+        "dataset line is an array": (["bench", "--dataset", str(tmp_path / "array.jsonl")], None, "array.jsonl:1"),
     }
 
 
@@ -71,6 +109,11 @@ NAMES = [
     "resume a finished session", "bad TOML config", "unknown config key", "negative max cost", "unknown provider",
     "missing API key", "bad policy parameter", "db from a newer version", "db locked by another writer",
     "db is read-only",
+    "max cost nan", "max cost inf", "max cost 1e309", "max cost not a number", "max steps not a number",
+    "unknown option", "missing problem", "unknown command", "negative seed", "price nan", "policy parameter nan",
+    "policy int given true", "policy int given 1.5", "policy parameter twice", "policy float given a word",
+    "huge thread count", "huge context", "FIFO as model", "non-utf8 problem argument", "non-utf8 session id",
+    "non-utf8 rollback id", "wildcard session id", "wildcard show id", "non-utf8 dataset", "dataset line is an array",
 ]
 
 

@@ -34,14 +34,14 @@ def test_kill_9_mid_solve_then_resume(tmp_path):
     )
     deadline = time.time() + 120
     rows = []
-    while time.time() < deadline and len(rows) < 2:
+    while time.time() < deadline and not rows:  # kill once a step is committed: holds for any text
         rows = _committed(db)
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the solve finished before it could be killed"
     before = _committed(db)
-    assert len(before) >= 2
+    assert len(before) >= 1
     sid = before[0][0]
     status = sqlite3.connect(db).execute("SELECT status FROM sessions WHERE id = ?", [sid]).fetchone()[0]
     assert status == "running"

@@ -294,3 +294,50 @@ def test_serve_on_a_taken_port_fails_before_loading():
         s.listen()
         proc = run_cli("serve", "--port", str(s.getsockname()[1]), timeout=60)
     assert proc.returncode == 2 and "pass another --port" in proc.stderr.decode()
+
+
+def test_a_client_cannot_make_the_server_open_a_file(served, tmp_path):
+    """A model id names a policy, never a path: a FIFO would freeze the server, /dev/zero exhaust it."""
+    import os
+
+    base, db_path, _ = served
+    fifo = tmp_path / "model.fifo"
+    os.mkfifo(fifo)
+    answers = {}
+
+    def ask(model):
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "2+2?"}]}).encode()
+        answers[model] = _post(base + "/chat/completions", body)[0]
+
+    for target in (str(fifo), "/etc/passwd", "/dev/zero"):
+        model = f"trim-learned(model={target})"
+        t = threading.Thread(target=ask, args=(model,), daemon=True)
+        t.start()
+        t.join(5)
+        started = time.monotonic()
+        with urllib.request.urlopen(base + "/models", timeout=5) as r:  # the server still answers, at once
+            assert r.status == 200
+        assert time.monotonic() - started < 1.0
+        assert answers.get(model) == 404, (model, answers)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # nobody opened the FIFO for writing or reading
+    os.close(fd)
+
+
+def test_hostile_bodies_get_400_not_500(served):
+    base, db_path, _ = served
+    before = sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+    user = [{"role": "user", "content": "2+2?"}]
+    cases = {
+        "unclosed policy": json.dumps({"model": "trim-thr(tau", "messages": user}).encode(),
+        "negative seed": json.dumps({"model": "edge-agent", "messages": user, "seed": -1}).encode(),
+        "lone surrogate": b'{"model": "edge-agent", "messages": [{"role": "user", "content": "x \\udcff"}]}',
+        "deep nesting": b'{"model": "edge-agent", "messages": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+        "parameter twice": json.dumps({"model": "trim-thr(tau=0.5,tau=0.6)", "messages": user}).encode(),
+    }
+    for name, body in cases.items():
+        assert len(body) < BODY_LIMIT
+        status, _, reply = _post(base + "/chat/completions", body)
+        assert status == 400, (name, status, reply)
+        assert reply["error"]["type"] == "invalid_request_error" and reply["error"]["message"], name
+    after = sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+    assert after == before

@@ -129,6 +129,9 @@ def save_model(model: LearnedModel, directory: Path | None = None) -> tuple[Path
     return path, model
 
 
+MAX_MODEL_BYTES = 1 << 20  # a model is a few hundred numbers
+
+
 def load_model(ref: str = "latest", directory: Path | None = None) -> LearnedModel:
     """``latest``, ``vN`` (in the models dir) or a path to a model JSON file."""
     from edge_agent.errors import InputError
@@ -144,6 +147,10 @@ def load_model(ref: str = "latest", directory: Path | None = None) -> LearnedMod
         path = directory / f"{PREFIX}{ref[1:]}.json"
     else:
         path = Path(ref).expanduser()
+    if path.exists() and not path.is_file():  # a FIFO or a device: reading could block or never end
+        raise InputError(f"trim-learned model {path} is not a regular file: pass a model JSON file")
+    if path.is_file() and path.stat().st_size > MAX_MODEL_BYTES:
+        raise InputError(f"trim-learned model {path} is over {MAX_MODEL_BYTES:,} bytes: not a model file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -6,6 +6,9 @@ decision can explain itself. New policies register in ``POLICIES``.
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -428,7 +431,7 @@ def split_specs(text: str) -> list[str]:
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``trim-thr(tau=0.6)`` -> ("trim-thr", {"tau": "0.6"})."""
+    """``trim-thr(tau=0.6)`` -> ("trim-thr", {"tau": "0.6"}). A parameter given twice is refused."""
     from edge_agent.errors import InputError
 
     spec = spec.strip()
@@ -439,44 +442,89 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
             raise InputError(f"policy {spec!r}: write parameters as NAME(key=value,...)")
         for item in filter(None, (x.strip() for x in rest[:-1].split(","))):
             key, eq, value = item.partition("=")
-            if not eq or not key.strip():
+            key = key.strip()
+            if not eq or not key:
                 raise InputError(f"policy {spec!r}: parameter {item!r} must be key=value")
-            params[key.strip()] = value.strip()
+            if key in params:
+                raise InputError(f"policy {spec!r}: parameter {key} is given twice: give it once")
+            params[key] = value.strip()
     return name.strip(), params
 
 
-def _convert(value: object) -> object:
-    if not isinstance(value, str):
-        return value
-    low = value.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for kind in (int, float):
+_INT = re.compile(r"[+-]?\d{1,18}")
+
+
+def _convert(policy: str, key: str, value: object, annotation: object, default: object) -> object:
+    """Convert one parameter to its declared type (``int``, ``float``, ``bool``, ``str``); refuse anything else."""
+    from edge_agent.errors import InputError
+
+    kinds = str(annotation) if annotation is not inspect.Parameter.empty else type(default).__name__
+    words = set(re.findall(r"[a-z]+", kinds))
+    text = value.strip() if isinstance(value, str) else value
+
+    def fail(what: str) -> InputError:
+        return InputError(f"policy {policy}: parameter {key} takes {what} (got {value!r})")
+
+    if text is None or (isinstance(text, str) and text.lower() == "none"):
+        if "None" in kinds:
+            return None
+        raise fail("a value")
+    if "bool" in words:
+        if isinstance(text, bool):
+            return text
+        if isinstance(text, str) and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise fail("true or false")
+    if "int" in words:
+        if isinstance(text, int) and not isinstance(text, bool):
+            return text
+        if isinstance(text, str) and _INT.fullmatch(text):
+            return int(text)
+        raise fail("a whole number")
+    if "float" in words:
+        if isinstance(text, bool):
+            raise fail("a number")
         try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
+            number = float(text)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise fail("a number") from None
+        if not math.isfinite(number):
+            raise fail("a finite number")
+        return number
+    if not isinstance(text, str):
+        raise fail("a word")
+    return text
+
+
+def typed_params(name: str, params: dict[str, object]) -> dict[str, object]:
+    """``params`` of policy ``name`` converted to their declared types (as ``get_policy`` does)."""
+    from edge_agent.errors import InputError
+
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise InputError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
+    signature = inspect.signature(cls.__init__).parameters
+    return {k: _convert(name, k, v, signature[k].annotation, signature[k].default) if k in signature else v
+            for k, v in params.items()}
 
 
 def get_policy(spec: str, defaults: dict[str, object] | None = None) -> Policy:
     """Build a policy from ``NAME`` or ``NAME(key=value,...)``; ``defaults`` (from config) fill unset keys."""
-    import inspect
-
     from edge_agent.errors import InputError
 
     name, params = parse_spec(spec)
     cls = POLICIES.get(name)
     if cls is None:
         raise InputError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
-    accepted = [k for k, p in inspect.signature(cls.__init__).parameters.items()
-                if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    signature = {k: p for k, p in inspect.signature(cls.__init__).parameters.items()
+                 if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     merged = {**(defaults or {}), **params}
-    unknown = set(merged) - set(accepted)
+    unknown = set(merged) - set(signature)
     if unknown:
         raise InputError(f"policy {name} has no parameter {', '.join(sorted(unknown))}: "
-                         f"use {', '.join(accepted) or 'no parameters'}")
+                         f"use {', '.join(signature) or 'no parameters'}")
+    values = {k: _convert(name, k, v, signature[k].annotation, signature[k].default) for k, v in merged.items()}
     try:
-        return cls(**{k: _convert(v) for k, v in merged.items()})
+        return cls(**values)
     except (TypeError, ValueError) as e:
         raise InputError(f"policy {name}: {e}") from None
