@@ -3,24 +3,86 @@ or None); errors become CloudError."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 from edge_agent.errors import CloudError, ConfigError
+
+from .budget import token_count
 
 
 @dataclass(frozen=True)
 class RawReply:
     text: str
-    usage: dict[str, int] | None  # input_tokens (all), output_tokens, cached_tokens, cache_write_tokens
+    # input_tokens (all), output_tokens, cached_tokens, cache_write_tokens, as the provider reported them:
+    # the client checks them (a negative, fractional or absurd count is a malformed reply)
+    usage: dict[str, Any] | None
     top_logprobs: list[tuple[str, float]] | None = None  # the first output token's alternatives, when asked and given
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a cloud base URL (http or https, a host, a valid port), or None if it can."""
+    if not isinstance(url, str) or not url:
+        return "it is empty"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "it contains a space or a control character"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a bad or out-of-range port
+    except ValueError as e:
+        return f"it does not parse: {e}"
+    if not parts.scheme:
+        return "it does not start with http:// or https://"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"scheme {parts.scheme!r} is not http or https"
+    if not parts.hostname:
+        return "it has no host after the scheme"
+    return None
+
+
+def _bad_url(url: str, why: str, env: str) -> ConfigError:
+    return ConfigError(f"the cloud base URL {url!r} is not usable ({why}): give an http:// or https:// URL "
+                       f"with a host, e.g. https://api.deepseek.com/v1, in --cloud-base-url, {env} or [cloud] base_url")
+
+
+def check_base_url(url: str | None, env: str) -> str | None:
+    """``url`` if it is usable (or None); else a ConfigError naming where to fix it."""
+    why = None if url is None else url_problem(url)
+    if why:
+        raise _bad_url(url, why, env)
+    return url
+
+
+def _sdk_client(make: Any, url: str | None, env: str) -> Any:
+    """Build an SDK client; a URL that its HTTP library refuses (``1.2.3.999``) is a ConfigError too."""
+    try:
+        return make()
+    except Exception as e:
+        if type(e).__name__ != "InvalidURL":
+            raise
+        raise _bad_url(str(url), str(e), env) from None
+
+
+def check_transport(timeout_s: Any, max_retries: Any) -> None:
+    """SDK settings that would fail every request locally: refused before any call can be charged."""
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) \
+            or timeout_s <= 0:
+        raise ConfigError(f"the cloud timeout must be a finite number of seconds > 0 (got {timeout_s!r}): "
+                          "fix [cloud] timeout_s in the config")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ConfigError(f"the cloud retry count must be an integer >= 0 (got {max_retries!r}): "
+                          "fix [cloud] max_retries in the config")
+
+
 def is_loopback(url: str | None) -> bool:
-    host = urlparse(url).hostname if url else None
+    try:
+        host = urlsplit(url).hostname if url else None
+    except ValueError:
+        return False
     return bool(host) and (host == "localhost" or host.startswith("127.") or host == "::1")
 
 
@@ -43,8 +105,34 @@ def _connection_error(e: BaseException) -> CloudError:
                       opens_breaker=True, billed=True)
 
 
-def _sdk_error(sdk: Any, e: Exception, key_env: str) -> CloudError:
-    """Map an official SDK's exception (openai and anthropic share the class names) to a CloudError."""
+# raised by httpx when a URL cannot be requested at all, before a byte is sent
+_UNSENDABLE = ("UnsupportedProtocol", "InvalidURL")
+
+
+def _never_sent(e: BaseException, base_url: str) -> BaseException | None:
+    """The error, if any, that proves the request never left the process: the URL the SDK built from
+    ``base_url`` could not be requested. The same error on a redirect's URL proves nothing: the first
+    request reached the server."""
+    for cur in (e, e.__cause__):
+        if cur is None or type(cur).__name__ not in _UNSENDABLE:
+            continue
+        try:
+            url = str(cur.request.url)  # type: ignore[attr-defined]
+        except (AttributeError, RuntimeError):  # raised while building the request: it has none yet
+            return cur
+        return cur if url.startswith(base_url) else None
+    return None
+
+
+def _sdk_error(sdk: Any, e: Exception, key_env: str, base_url: str) -> CloudError:
+    """Map an official SDK's exception (openai and anthropic share the class names) to a CloudError.
+
+    ``base_url`` is the SDK client's own, to tell a request that never left from a redirect that failed.
+    """
+    local = _never_sent(e, base_url)
+    if local is not None:
+        return CloudError(f"the request was never sent ({type(local).__name__}: {local}): fix the cloud base URL",
+                          "not_sent", opens_breaker=True)
     if isinstance(e, sdk.APITimeoutError):
         return CloudError("the cloud did not answer in time", "timeout", opens_breaker=True, billed=True)
     if isinstance(e, sdk.APIConnectionError):
@@ -69,16 +157,18 @@ class OpenAIAdapter:
                  timeout_s: float = 60.0, max_retries: int = 2, http_client: Any = None) -> None:
         import openai
 
+        check_transport(timeout_s, max_retries)
         self.model = model
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        self.base_url = check_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or None, "OPENAI_BASE_URL")
         self._openai = openai
-        self.client = openai.OpenAI(
-            api_key=_key("OPENAI_API_KEY", api_key, self.base_url),
+        key = _key("OPENAI_API_KEY", api_key, self.base_url)
+        self.client = _sdk_client(lambda: openai.OpenAI(
+            api_key=key,
             base_url=self.base_url,
             timeout=timeout_s,
             max_retries=max_retries,
             http_client=http_client,
-        )
+        ), self.base_url, "OPENAI_BASE_URL")
 
     def complete(self, messages: Sequence[dict[str, str]], *, max_tokens: int, stop: Sequence[str] = (),
                  top_logprobs: int = 0) -> RawReply:
@@ -93,7 +183,7 @@ class OpenAIAdapter:
                 **({"logprobs": True, "top_logprobs": top_logprobs} if top_logprobs else {}),
             )
         except Exception as e:
-            raise _sdk_error(oa, e, "OPENAI_API_KEY") from None
+            raise _sdk_error(oa, e, "OPENAI_API_KEY", str(self.client.base_url)) from None
         try:
             text = resp.choices[0].message.content or ""
         except (AttributeError, IndexError, TypeError):
@@ -102,11 +192,11 @@ class OpenAIAdapter:
         usage = None
         if u is not None and getattr(u, "prompt_tokens", None) is not None and getattr(u, "completion_tokens", None) is not None:
             details = getattr(u, "prompt_tokens_details", None)
-            cached = (getattr(details, "cached_tokens", None) or 0) if details else 0
-            usage = {
-                "input_tokens": int(u.prompt_tokens),
-                "output_tokens": int(u.completion_tokens),
-                "cached_tokens": int(cached),
+            cached = getattr(details, "cached_tokens", None) if details else None
+            usage = {  # as reported: the client refuses impossible counts
+                "input_tokens": u.prompt_tokens,
+                "output_tokens": u.completion_tokens,
+                "cached_tokens": 0 if cached is None else cached,
                 "cache_write_tokens": 0,
             }
         return RawReply(text, usage, _first_top_logprobs(resp) if top_logprobs else None)
@@ -130,17 +220,19 @@ class AnthropicAdapter:
                  timeout_s: float = 60.0, max_retries: int = 2, http_client: Any = None) -> None:
         import anthropic
 
+        check_transport(timeout_s, max_retries)
         self.model = model
-        self.base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL")
+        self.base_url = check_base_url(base_url or os.environ.get("ANTHROPIC_BASE_URL") or None, "ANTHROPIC_BASE_URL")
         self._anthropic = anthropic
         kwargs: dict[str, Any] = {"http_client": http_client} if http_client is not None else {}
-        self.client = anthropic.Anthropic(
-            api_key=_key("ANTHROPIC_API_KEY", api_key, self.base_url),
+        key = _key("ANTHROPIC_API_KEY", api_key, self.base_url)
+        self.client = _sdk_client(lambda: anthropic.Anthropic(
+            api_key=key,
             base_url=self.base_url,
             timeout=timeout_s,
             max_retries=max_retries,
             **kwargs,
-        )
+        ), self.base_url, "ANTHROPIC_BASE_URL")
 
     @staticmethod
     def _shape(messages: Sequence[dict[str, str]]) -> tuple[list[dict], list[dict]]:
@@ -172,7 +264,7 @@ class AnthropicAdapter:
                 **({"stop_sequences": stops} if stops else {}),
             )
         except Exception as e:
-            raise _sdk_error(an, e, "ANTHROPIC_API_KEY") from None
+            raise _sdk_error(an, e, "ANTHROPIC_API_KEY", str(self.client.base_url)) from None
         try:
             text = "".join(b.text for b in resp.content if getattr(b, "type", "") == "text")
         except (AttributeError, TypeError):
@@ -180,11 +272,14 @@ class AnthropicAdapter:
         u = getattr(resp, "usage", None)
         usage = None
         if u is not None and getattr(u, "input_tokens", None) is not None and getattr(u, "output_tokens", None) is not None:
-            read = int(getattr(u, "cache_read_input_tokens", None) or 0)
-            write = int(getattr(u, "cache_creation_input_tokens", None) or 0)
+            # the parts are summed, so each is checked first (a string or a negative count is malformed)
+            read = getattr(u, "cache_read_input_tokens", None)
+            read = 0 if read is None else token_count("cache_read_input_tokens", read)
+            write = getattr(u, "cache_creation_input_tokens", None)
+            write = 0 if write is None else token_count("cache_creation_input_tokens", write)
             usage = {
-                "input_tokens": int(u.input_tokens) + read + write,
-                "output_tokens": int(u.output_tokens),
+                "input_tokens": token_count("input_tokens", u.input_tokens) + read + write,
+                "output_tokens": u.output_tokens,
                 "cached_tokens": read,
                 "cache_write_tokens": write,
             }

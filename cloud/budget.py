@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
-from edge_agent.errors import BudgetDenied
+from edge_agent.errors import BudgetDenied, CloudError, ConfigError
 
 from .pricing import NANO, Price, cost_nusd, usd, worst_case_nusd
 
@@ -17,10 +20,48 @@ class Caps:
     day_usd: float | None = None
     month_usd: float | None = None
 
+    def __post_init__(self) -> None:
+        for scope in ("session", "day", "month"):
+            v = getattr(self, f"{scope}_usd")
+            if v is not None and not is_amount(v):
+                raise ConfigError(f"the {scope} cost cap must be a finite number of USD >= 0 (got {v!r}): "
+                                  f"fix --max-cost or [budget] max_cost_{scope} in the config")
+
     def nusd(self) -> dict[str, int | None]:
-        # caps round down: a cap of $0.001 allows at most 1,000,000 nUSD
-        conv = lambda v: None if v is None else int(v * NANO)  # noqa: E731
+        # caps round down: a cap of $0.001 allows at most 1,000,000 nUSD (exact: a float product can overflow)
+        conv = lambda v: None if v is None else int(Decimal(repr(v)) * NANO)  # noqa: E731
         return {"session": conv(self.session_usd), "day": conv(self.day_usd), "month": conv(self.month_usd)}
+
+
+def is_amount(v: Any) -> bool:
+    """A finite real number >= 0 (a bool is not a number here)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+# No call reads or writes this many tokens (context windows are a few million at most): a larger
+# count is garbage, not usage.
+MAX_TOKENS = 100_000_000
+USAGE_KEYS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens")
+
+
+def token_count(name: str, value: Any) -> int:
+    """One token count as the provider reported it, if it is possible; else a malformed reply (billed)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+        raise CloudError(f"the cloud reported impossible usage ({name}={value!r}): costed at the reservation",
+                         "malformed", opens_breaker=True, billed=True)
+    return value
+
+
+def checked_usage(usage: Mapping[str, Any]) -> dict[str, int]:
+    """The four counts of a reply's usage, each a possible token count, with the cached and cache-written
+    input inside the input. Anything else is a malformed reply: CloudError, costed at the reservation."""
+    optional = ("cached_tokens", "cache_write_tokens")  # absent or None: none cached
+    out = {k: token_count(k, 0 if k in optional and usage.get(k) is None else usage.get(k)) for k in USAGE_KEYS}
+    if out["cached_tokens"] + out["cache_write_tokens"] > out["input_tokens"]:
+        raise CloudError(f"the cloud reported impossible usage (cached {out['cached_tokens']} + cache-written "
+                         f"{out['cache_write_tokens']} > input {out['input_tokens']}): costed at the reservation",
+                         "malformed", opens_breaker=True, billed=True)
+    return out
 
 
 def estimate_input_tokens(messages: list[dict[str, Any]]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +12,7 @@ from edge_agent.values import CloudReply
 
 from .adapters import ADAPTERS
 from .breaker import CircuitBreaker
-from .budget import Budget, actual_cost, estimate_input_tokens
+from .budget import Budget, actual_cost, checked_usage, estimate_input_tokens
 from .pricing import Price, lookup, usd
 
 
@@ -74,6 +75,7 @@ class Cloud:
         try:
             extra = {"top_logprobs": top_logprobs} if top_logprobs else {}
             raw = self.adapter.complete(messages, max_tokens=max_tokens, stop=stop, **extra)
+            usage = None if raw.usage is None else checked_usage(raw.usage)  # impossible counts: malformed, billed
         except BaseException as e:
             err = e if isinstance(e, CloudError) else CloudError(f"cloud call failed ({type(e).__name__})", "error", billed=True)
             # a request the provider may have processed is costed at its reservation: never under-count
@@ -90,11 +92,18 @@ class Cloud:
                 raise err from None
             raise
         latency = time.perf_counter() - t0
-        if raw.usage is None:
+        claimed, note = 0, None
+        if usage is None:
             cost, status, usage = reserved, "no_usage", _usage4({})
         else:
-            cost, status, usage = actual_cost(self.price, raw.usage), "ok", raw.usage
-        budget.settle(reservation, **record, **usage, cost_nusd=cost, latency_s=latency, status=status)
+            cost, status = actual_cost(self.price, usage), "ok"
+            if cost > reserved:
+                # more than the worst case is possible only if the usage is wrong: the caps count the
+                # reservation, and the row says what the provider claimed
+                claimed, cost, status = cost, reserved, "overrun"
+                note = (f"the cloud reported usage costing ${usd(claimed):.9f}, more than the ${usd(reserved):.9f} "
+                        "reserved for the call: booked at the reservation")
+        budget.settle(reservation, **record, **usage, cost_nusd=cost, latency_s=latency, status=status, error=note)
         self.breaker.reset()
         if key is not None and status == "ok":
             budget.cache_put(key, provider=self.provider, model=self.model, text=raw.text, usage=_usage4(usage))
@@ -107,6 +116,8 @@ class Cloud:
             latency_s=latency,
             provider=self.provider,
             model=self.model,
+            status=status,
+            overrun_usd=usd(claimed - cost) if claimed else 0.0,
         ), raw.top_logprobs
 
 
@@ -117,7 +128,7 @@ class Cloud:
                                 usage=usage, would_be_nusd=would_be)
         return CloudReply(text=hit["text"], input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"],
                           cached_tokens=usage["cached_tokens"], cost_usd=0.0, latency_s=0.0,
-                          provider=self.provider, model=self.model)
+                          provider=self.provider, model=self.model, status="cache_hit")
 
 
 def _usage4(u: dict[str, Any]) -> dict[str, int]:
@@ -157,6 +168,10 @@ def make_cloud(
     cache: bool = False,
 ) -> Cloud:
     provider, model = parse_spec(spec)
+    if isinstance(cooldown_s, bool) or not isinstance(cooldown_s, (int, float)) or not math.isfinite(cooldown_s) \
+            or cooldown_s < 0:
+        raise ConfigError(f"the cloud cooldown must be a finite number of seconds >= 0 (got {cooldown_s!r}): "
+                          "fix [cloud] cooldown_s in the config")
     chosen = price or lookup(model, prices)
     if chosen is None:
         raise ConfigError(

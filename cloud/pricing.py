@@ -10,7 +10,13 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 
+from edge_agent.errors import ConfigError
+
 NANO = 1_000_000_000
+
+
+class PriceError(ConfigError, ValueError):
+    """A price that is not a finite number >= 0 (a ValueError too, as it always was)."""
 
 
 @dataclass(frozen=True)
@@ -23,7 +29,8 @@ class Price:
     def __post_init__(self) -> None:
         for v in (self.input, self.output, self.cached_input, self.cache_write):
             if v is not None and (not math.isfinite(v) or v < 0):
-                raise ValueError("prices must be finite and >= 0")
+                raise PriceError(f"a price must be a finite number of USD per 1M tokens >= 0 (got {v!r}): "
+                                 "fix --price-in/--price-out or [prices] in the config")
 
 
 def _exact(tokens: int, usd_per_million: float) -> Decimal:

@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,35 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "keys": {"openai": str, "anthropic": str},
 }
 PRICE_KEYS = {"input": (int, float), "output": (int, float), "cached_input": (int, float), "cache_write": (int, float)}
+
+_SECONDS_POS = ("> 0 and finite, in seconds", lambda v: math.isfinite(v) and v > 0)
+_SECONDS = (">= 0 and finite, in seconds", lambda v: math.isfinite(v) and v >= 0)
+_USD = (">= 0 and finite, in USD", lambda v: math.isfinite(v) and v >= 0)
+# What each value takes, for the keys that take more than a type: (what to say, the test)
+RULES: dict[tuple[str, str], tuple[str, Any]] = {
+    ("cloud", "timeout_s"): _SECONDS_POS,
+    ("cloud", "max_retries"): ("an integer >= 0", lambda v: v >= 0),
+    ("cloud", "cooldown_s"): _SECONDS,
+    ("cloud", "base_url"): ("an http:// or https:// URL with a host, e.g. https://api.deepseek.com/v1",
+                            lambda v: _url_problem(v) is None),
+    **{("budget", k): _USD for k in SCHEMA["budget"]},
+}
+_TYPE_NAMES = {str: "a string", int: "an integer"}
+
+
+def _url_problem(url: str) -> str | None:
+    from cloud.adapters import url_problem
+
+    return url_problem(url)
+
+
+def _wants(section: str, key: str) -> str:
+    """What a key takes, in words, for an error message."""
+    rule = RULES.get((section, key))
+    if rule:
+        return rule[0]
+    want = SCHEMA[section][key]
+    return _TYPE_NAMES.get(want, "a number")  # type: ignore[call-overload]
 
 
 @dataclass
@@ -98,10 +128,10 @@ def load_config(path: Path | None = None) -> Config:
             want = SCHEMA[section].get(key)
             if want is None:
                 raise ConfigError(f"config {path}: unknown key {section}.{key}: use {', '.join(SCHEMA[section])}")
-            if not isinstance(value, want) or isinstance(value, bool):
-                raise ConfigError(f"config {path}: {section}.{key} has the wrong type: fix its value")
-            if section == "budget" and value < 0:
-                raise ConfigError(f"config {path}: {section}.{key} must be >= 0")
+            rule = RULES.get((section, key))
+            if not isinstance(value, want) or isinstance(value, bool) or (rule and not rule[1](value)):
+                got = "" if section == "keys" else f" (got {value!r})"  # never echo what may be a secret
+                raise ConfigError(f"config {path}: {section}.{key} must be {_wants(section, key)}{got}: fix its value")
         setattr(cfg, section, dict(values))
     return cfg
 
@@ -115,10 +145,11 @@ def _prices(path: Path, values: Any) -> dict[str, Any]:
     for model, p in values.items():
         if not isinstance(p, dict) or not {"input", "output"} <= set(p) or set(p) - set(PRICE_KEYS):
             raise ConfigError(f"config {path}: prices.{model} needs input and output (optional cached_input, cache_write)")
-        try:
-            out[model] = Price(**{k: float(v) for k, v in p.items()})
-        except (TypeError, ValueError):
-            raise ConfigError(f"config {path}: prices.{model} must be non-negative numbers") from None
+        for k, v in p.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"config {path}: prices.{model}.{k} must be >= 0 and finite, in USD per 1M tokens"
+                                  f" (got {v!r}): fix its value")
+        out[model] = Price(**{k: float(v) for k, v in p.items()})
     return out
 
 

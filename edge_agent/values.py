@@ -118,3 +118,5 @@ class CloudReply:
     latency_s: float
     provider: str
     model: str
+    status: str = "ok"  # ok | no_usage (costed at the reservation) | overrun | cache_hit
+    overrun_usd: float = 0.0  # what the provider's usage claimed above the reservation (not booked)

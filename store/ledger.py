@@ -16,6 +16,10 @@ from .repo import new_id, now, write_txn
 
 SCOPES = ("session", "day", "month")
 
+# What a settled call counts for. Settle never books below zero, but a database written before that
+# rule may hold a negative row (a provider's negative usage): it counts at its reservation, never less.
+BOOKED = "(CASE WHEN cost_nusd < 0 THEN MAX(COALESCE(reserved_nusd, 0), 0) ELSE cost_nusd END)"
+
 
 @dataclass(frozen=True)
 class Denial:
@@ -33,7 +37,7 @@ def _committed(db: Database, scope: str, session_id: str, ts: str) -> int:
         where, args = "substr(created_at, 1, 10) = ?", [ts[:10]]
     else:
         where, args = "substr(created_at, 1, 7) = ?", [ts[:7]]
-    spent = db.execute(f"SELECT COALESCE(SUM(cost_nusd), 0) FROM cloud_calls WHERE {where}", args).fetchone()[0]
+    spent = db.execute(f"SELECT COALESCE(SUM({BOOKED}), 0) FROM cloud_calls WHERE {where}", args).fetchone()[0]
     held = db.execute(
         f"SELECT COALESCE(SUM(amount_nusd), 0) FROM budget_reservations WHERE status = 'open' AND {where}", args
     ).fetchone()[0]
@@ -96,11 +100,22 @@ def settle(
     status: str,
     error: str | None = None,
 ) -> str:
-    """Replace a reservation by the call's actual cost, in one transaction. Returns the call id."""
+    """Replace a reservation by the call's actual cost, in one transaction. Returns the call id.
+
+    The booked cost is never below zero nor above the reservation: a cost that is not a whole number
+    of nano-dollars >= 0 is booked at the reservation, and one above it is booked at the reservation
+    with status ``overrun`` (the caps hold whatever a caller or a provider claims).
+    """
     call_id = new_id()
     with write_txn(db):
         row = db.execute("SELECT amount_nusd, created_at FROM budget_reservations WHERE id = ?", [reservation_id]).fetchone()
         reserved, created = (row[0], row[1]) if row else (0, now())
+        if isinstance(cost_nusd, bool) or not isinstance(cost_nusd, int) or cost_nusd < 0:
+            error = error or f"cost {cost_nusd!r} is not a whole number of nano-USD >= 0: booked at the reservation"
+            cost_nusd = reserved
+        elif row is not None and cost_nusd > reserved:
+            error = error or f"cost {cost_nusd} nUSD is more than the {reserved} reserved: booked at the reservation"
+            cost_nusd, status = reserved, "overrun"
         db["budget_reservations"].update(reservation_id, {"status": "settled", "settled_at": now()})
         db["cloud_calls"].insert(
             {
@@ -201,12 +216,12 @@ def spend(db: Database, ts: str | None = None) -> dict[str, Any]:
     q = lambda sql, args=(): db.execute(sql, list(args)).fetchone()[0] or 0  # noqa: E731
     rows = db.execute(
         "SELECT substr(created_at, 1, 10) AS day, provider, model, COUNT(*), SUM(input_tokens), SUM(output_tokens),"
-        " SUM(cached_tokens), SUM(cost_nusd) FROM cloud_calls GROUP BY day, provider, model ORDER BY day DESC, provider, model"
+        f" SUM(cached_tokens), SUM({BOOKED}) FROM cloud_calls GROUP BY day, provider, model ORDER BY day DESC, provider, model"
     ).fetchall()
     return {
-        "today_nusd": q("SELECT SUM(cost_nusd) FROM cloud_calls WHERE substr(created_at, 1, 10) = ?", [ts[:10]]),
-        "month_nusd": q("SELECT SUM(cost_nusd) FROM cloud_calls WHERE substr(created_at, 1, 7) = ?", [ts[:7]]),
-        "total_nusd": q("SELECT SUM(cost_nusd) FROM cloud_calls"),
+        "today_nusd": q(f"SELECT SUM({BOOKED}) FROM cloud_calls WHERE substr(created_at, 1, 10) = ?", [ts[:10]]),
+        "month_nusd": q(f"SELECT SUM({BOOKED}) FROM cloud_calls WHERE substr(created_at, 1, 7) = ?", [ts[:7]]),
+        "total_nusd": q(f"SELECT SUM({BOOKED}) FROM cloud_calls"),
         "open_nusd": q("SELECT SUM(amount_nusd) FROM budget_reservations WHERE status = 'open'"),
         "rows": [
             {

@@ -99,10 +99,15 @@ def _completion(text: str, usage: bool = True) -> dict:
 class FaultServer(_Server):
     """An OpenAI-shaped server that fails in one scripted way: mode is set per test."""
 
-    def __init__(self, mode: str, hang_s: float = 5.0, replies: list[str] | None = None):
+    def __init__(self, mode: str, hang_s: float = 5.0, replies: list[str] | None = None, usage: dict | None = None,
+                 location: str = "ftp://127.0.0.1/v1/chat/completions"):
         self.mode = mode
         self.hang_s = hang_s
         self.replies = list(replies or [])  # mode "script": these texts in order (the last one repeats)
+        # modes "usage" (OpenAI) and "messages" (Anthropic Messages API): a good reply whose usage object is
+        # exactly this, whatever it holds (negative, huge, 1.5, "12", None); set it per test
+        self.usage = usage
+        self.location = location  # mode "redirect": a 307 to here
         super().__init__(_FaultHandler)
 
 
@@ -137,6 +142,18 @@ class _FaultHandler(_Handler):
             return
         if mode == "no_usage":
             return self._send(200, _completion("Half of 2 is 1, so 2 + 1 = 3 bolts.", usage=False))
+        if mode == "usage":
+            out = _completion("2 + 1 = 3, so \\boxed{3}.")
+            out["usage"] = owner.usage
+            return self._send(200, out)
+        if mode == "messages":
+            return self._send(200, {
+                "id": "msg_x", "type": "message", "role": "assistant", "model": "m",
+                "content": [{"type": "text", "text": "2 + 1 = 3, so \\boxed{3}."}],
+                "stop_reason": "end_turn", "stop_sequence": None, "usage": owner.usage,
+            })
+        if mode == "redirect":
+            return self._send(307, {"error": "moved"}, {"location": owner.location})
         if mode == "bad_json_reply":
             return self._send(200, _completion("I think step 2 is wrong but here is no JSON."))
         return self._send(200, _completion("2 + 1 = 3, so \\boxed{3}."))

@@ -6,7 +6,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import store
+from cloud.adapters import RawReply
+from cloud.breaker import CircuitBreaker
+from cloud.budget import Budget, Caps
+from cloud.client import Cloud
 from cloud.pricing import Price, cost_nusd, worst_case_nusd
+from edge_agent.errors import BudgetDenied, CloudError
 from store import ledger
 
 prices = st.builds(
@@ -47,6 +52,69 @@ def test_settled_spend_never_exceeds_any_cap(tmp_path_factory, price, seq, sessi
         _settle(db, got, sid, actual)
     spent = db.execute("SELECT COALESCE(SUM(cost_nusd), 0) FROM cloud_calls").fetchone()[0]
     assert spent <= session_cap and spent <= day_cap
+    assert db.execute("SELECT COUNT(*) FROM budget_reservations WHERE status = 'open'").fetchone()[0] == 0
+    db.close()
+
+
+# what a provider may put in a usage field: honest counts, negative or absurd ones, fractions, strings, nothing
+token_values = st.one_of(
+    st.integers(0, 5_000),
+    st.integers(-10**12, 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["12", "", None, True, 1.5]),
+)
+plausible = st.fixed_dictionaries(  # more input than the reservation allows for is an overrun
+    {"input_tokens": st.integers(0, 8_000), "output_tokens": st.integers(0, 5_000)},
+    optional={"cached_tokens": st.integers(0, 100), "cache_write_tokens": st.integers(0, 100)},
+)
+wild = st.fixed_dictionaries(
+    {"input_tokens": token_values, "output_tokens": token_values},
+    optional={"cached_tokens": token_values, "cache_write_tokens": token_values},
+)
+usages = st.one_of(st.none(), plausible, plausible, wild)
+cap_nusd = st.none() | st.integers(0, 10**10) | st.integers(10**8, 10**10)  # room for a few calls, often
+cloud_calls = st.lists(st.tuples(st.integers(1, 4_000), st.integers(1, 4_000), usages), min_size=1, max_size=20)
+
+
+class _ScriptedAdapter:
+    """An adapter whose replies carry the given usages, in order: the budget and the ledger are under test."""
+
+    provider, model, base_url = "p", "m", None
+
+    def __init__(self, usages):
+        self.usages = list(usages)
+
+    def complete(self, messages, *, max_tokens, stop=(), top_logprobs=0):
+        return RawReply("a step", self.usages.pop(0))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(price=prices, seq=cloud_calls, session_cap=cap_nusd, day_cap=cap_nusd)
+def test_whatever_usage_a_provider_reports_spend_stays_within_every_cap_and_above_zero(
+        tmp_path_factory, price, seq, session_cap, day_cap):
+    db = store.open_db(tmp_path_factory.mktemp("c") / "c.db")
+    sid = store.new_session(db, problem="p", model="m", model_path="x", policy="p", settings={})
+    caps = Caps(session_usd=None if session_cap is None else session_cap / 1e9,
+                day_usd=None if day_cap is None else day_cap / 1e9)
+    cloud = Cloud(_ScriptedAdapter(u for _, _, u in seq), price, CircuitBreaker(cooldown_s=0))
+    budget = Budget(db, caps, sid)
+    for size, max_tokens, _ in seq:
+        try:
+            cloud.call([{"role": "user", "content": "x" * size}], max_tokens=max_tokens, budget=budget,
+                       purpose="rewrite_step")
+        except BudgetDenied:
+            cloud.adapter.usages.pop(0)  # nothing was sent: that reply is never read
+        except CloudError as e:
+            assert e.kind == "malformed"
+    spent = db.execute("SELECT COALESCE(SUM(cost_nusd), 0) FROM cloud_calls").fetchone()[0]
+    assert 0 <= spent
+    assert all(spent <= cap for cap in caps.nusd().values() if cap is not None)
+    for row in store.cloud_calls(db, sid):
+        assert 0 <= row["cost_nusd"] <= row["reserved_nusd"]
+        if row["status"] == "ok":
+            assert row["cost_nusd"] == cost_nusd(price, input_tokens=row["input_tokens"],
+                                                 output_tokens=row["output_tokens"], cached_tokens=row["cached_tokens"],
+                                                 cache_write_tokens=row["cache_write_tokens"])
     assert db.execute("SELECT COUNT(*) FROM budget_reservations WHERE status = 'open'").fetchone()[0] == 0
     db.close()
 
