@@ -28,9 +28,8 @@ def write_txn(db: Database):
     reads first and writes later fails at once with "database is locked" when another process wrote
     in between. Taking the lock first makes concurrent writers wait (busy_timeout) instead.
     """
-    if db.conn.in_transaction:
-        with write_txn(db):
-            yield db
+    if db.conn.in_transaction:  # nested: part of the caller's transaction
+        yield db
         return
     db.conn.execute("BEGIN IMMEDIATE")
     try:
