@@ -101,8 +101,12 @@ class Agent:
         self.caps = caps or Caps()
         self.offline = offline
 
-    def start(self, problem: str, settings: Settings) -> str:
-        """Validate, check the context, and create the session. Nothing is written if this fails."""
+    def start(self, problem: str, settings: Settings, extra: dict[str, Any] | None = None) -> str:
+        """Validate, check the context, and create the session. Nothing is written if this fails.
+
+        ``extra`` settings (cost cap, cloud URL, prices, conversation) are written in the same insert
+        as the session: a crash can never leave a session that ``resume`` would run without them.
+        """
         problem = check_problem(problem, settings.n_ctx)
         self.model.prompt_tokens(messages(problem), reserve=min(settings.max_step_tokens, settings.n_ctx // 4))
         return store.new_session(
@@ -111,13 +115,14 @@ class Agent:
             model=self.model.name,
             model_path=str(self.model.path),
             policy=self.policy.label,
-            settings={**asdict(settings), "offline": self.offline},
+            settings={**asdict(settings), "offline": self.offline, **(extra or {})},
             cloud_provider=self.cloud.provider if self.cloud else None,
             cloud_model=self.cloud.model if self.cloud else None,
         )
 
-    def solve(self, problem: str, settings: Settings, callbacks: Callbacks | None = None) -> RunResult:
-        sid = self.start(problem, settings)
+    def solve(self, problem: str, settings: Settings, callbacks: Callbacks | None = None,
+              extra: dict[str, Any] | None = None) -> RunResult:
+        sid = self.start(problem, settings, extra)
         return self.run(sid, callbacks)
 
     # -- cloud actions ------------------------------------------------------------------------------

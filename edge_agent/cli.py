@@ -234,11 +234,7 @@ def _run(agent, session_id: str | None, problem: str | None, settings, as_json: 
     renderer = None if as_json else Renderer(verbose)
     cb = Callbacks(renderer.step_start, renderer.text, renderer.step_end, renderer.trigger) if renderer else Callbacks()
     if session_id is None:
-        session_id = agent.start(problem, settings)
-        if extra:
-            import store
-
-            store.update_settings(agent.db, session_id, extra)
+        session_id = agent.start(problem, settings, extra)  # the session and all its settings in one insert
     try:
         agent.run(session_id, cb)
     except KeyboardInterrupt:
