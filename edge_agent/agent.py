@@ -228,7 +228,15 @@ class Agent:
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self, session_id: str, callbacks: Callbacks | None = None) -> RunResult:
-        """Continue a session from its last committed step until it finishes."""
+        """Continue a session from its last committed step until it finishes.
+
+        The run holds the session (``store.session_lease``) from before its state is read until it
+        ends, however it ends: another process that tries to continue or roll it back is refused.
+        """
+        with store.session_lease(self.db, session_id):
+            return self._run_held(session_id, callbacks)
+
+    def _run_held(self, session_id: str, callbacks: Callbacks | None) -> RunResult:
         state = store.load_state(self.db, session_id)
         store.ensure_resumable(state)
         settings = Settings.from_dict(state.settings)

@@ -12,6 +12,8 @@ from edge_agent.errors import StoreError
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from .repo import new_id, now
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 migrations = Migrations("edge-agent")
@@ -157,7 +159,51 @@ def m003_response_cache(db: Database) -> None:
     db["cloud_calls"].add_column("would_be_nusd", int)
 
 
+@migrations()
+def m004_session_leases(db: Database) -> None:
+    """One writer per session: a lease row per held session, and one active step per (session, index).
+
+    A database written before this migration may hold duplicate active steps (two ``resume`` runs
+    of one session at once). From a session's first duplicated index on, its active steps are not
+    one chain, so they are superseded by a rollback with reason ``m004: duplicate active steps``
+    (kept, never deleted) and the session is set back to ``running``: ``resume`` regenerates them.
+    """
+    db["session_leases"].create(
+        {
+            "session_id": str,
+            "pid": int,  # the holder
+            "pid_start": int,  # its start time in clock ticks (/proc), so a reused PID is not taken for it
+            "token": str,  # this hold; a writer whose lease was taken over stops at its next commit
+            "purpose": str,  # run | rollback
+            "acquired_at": str,
+        },
+        pk="session_id",
+        foreign_keys=[("session_id", "sessions", "id")],
+    )
+    duplicated = db.execute(
+        "SELECT session_id, MIN(idx) FROM (SELECT session_id, idx FROM steps WHERE superseded_by IS NULL"
+        " GROUP BY session_id, idx HAVING COUNT(*) > 1) GROUP BY session_id"
+    ).fetchall()
+    for session_id, first in duplicated:
+        rid, ts = new_id(), now()
+        later = [r[0] for r in db.execute(
+            "SELECT id FROM steps WHERE session_id = ? AND superseded_by IS NULL AND idx >= ?", [session_id, first])]
+        db["rollbacks"].insert({"id": rid, "session_id": session_id, "to_idx": first, "reason": "m004: duplicate active steps",
+                                "superseded": len(later), "created_at": ts})
+        db.execute(f"UPDATE steps SET superseded_by = ? WHERE id IN ({','.join('?' * len(later))})", [rid, *later])
+        db.execute("UPDATE sessions SET status = 'running', answer = NULL, updated_at = ? WHERE id = ?", [ts, session_id])
+    db.execute("CREATE UNIQUE INDEX steps_active_idx ON steps (session_id, idx) WHERE superseded_by IS NULL")
+
+
 KNOWN_MIGRATIONS = {m.name for m in migrations._migrations}
+# the tables each migration creates: with the migration recorded, a missing one is a damaged schema
+TABLES = {
+    "m001_initial": ("sessions", "steps", "trigger_events", "cloud_calls", "rollbacks"),
+    "m002_budget": ("budget_reservations",),
+    "m003_response_cache": ("response_cache",),
+    "m004_session_leases": ("session_leases",),
+}
+INDEXES = {"m004_session_leases": ("steps_active_idx",)}  # the one-writer rule: without it, refuse
 
 
 def default_path() -> Path:

@@ -86,6 +86,239 @@ def _one_error_line(stderr: bytes) -> str:
     return lines[0]
 
 
+# -- holes 2 and 3: one writer per session ------------------------------------------------------------
+
+
+def _race(tmp_path: Path, second, rounds: int = 10):
+    """Per round: a session rolled back to step 1, a ``resume`` that holds it, then ``second(sid)``
+    while the resume writes its slow steps. The rounds run side by side (one session each)."""
+    path = tmp_path / "edge.db"
+    script = _script(tmp_path, slow_s=1.3)
+    db = store.open_db(path)
+    sids = []
+    for _ in range(rounds):
+        sid = _session(db, script)
+        store.rollback_to(db, sid, 1)  # as 'rollback SID --to 1 --no-continue' leaves it
+        sids.append(sid)
+    db.close()
+    firsts = [subprocess.Popen(_cli("resume", sid, "--json", "--db", str(path)),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for sid in sids]
+    seconds = []
+    for sid, first in zip(sids, firsts):
+        _wait_active(path, sid, 2, first)  # the first has written step 1 and is in its slow steps
+        seconds.append(subprocess.Popen(_cli(*second(sid), "--db", str(path)),
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    out = []
+    for sid, first, other in zip(sids, firsts, seconds):
+        a, b = first.communicate(timeout=60), other.communicate(timeout=60)
+        out.append((sid, first, a, other, b))
+    return path, out
+
+
+def _assert_one_chain(path: Path, sid: str, report: dict) -> None:
+    """No duplicate active index, indexes 0..n-1, and no row besides the setup's and this chain's."""
+    active = _active(path, sid)
+    assert active == list(range(len(active))), active
+    assert [s["index"] for s in report["steps"]] == active
+    conn = _ro(path)
+    superseded, total = conn.execute(
+        "SELECT SUM(superseded_by IS NOT NULL), COUNT(*) FROM steps WHERE session_id = ?", [sid]).fetchone()
+    status = conn.execute("SELECT status FROM sessions WHERE id = ?", [sid]).fetchone()[0]
+    conn.close()
+    assert superseded == 3 and total == 3 + len(active)  # exactly one writer wrote after the setup
+    assert status == report["status"] == "done"
+
+
+def test_two_resumes_of_one_session_one_writes_the_other_is_refused(tmp_path):
+    path, rounds = _race(tmp_path, lambda sid: ["resume", sid, "--json"])
+    for sid, first, (out_a, err_a), second, (out_b, err_b) in rounds:
+        assert first.returncode == 0, err_a.decode()
+        assert second.returncode == 2, (out_b.decode(), err_b.decode())
+        line = _one_error_line(err_b)
+        assert f"session {sid} is being continued by process {first.pid}" in line
+        assert out_b == b""
+        _assert_one_chain(path, sid, json.loads(out_a))
+    conn = _ro(path)
+    assert conn.execute("SELECT COUNT(*) FROM session_leases").fetchone()[0] == 0  # every lease released
+    conn.close()
+
+
+def test_a_rollback_during_a_resume_is_refused_and_changes_nothing(tmp_path):
+    # even rounds only mark (--no-continue), odd rounds would also regenerate
+    n = [0]
+
+    def rollback(sid):
+        n[0] += 1
+        return ["rollback", sid, "--to", "1", "--json"] + (["--no-continue"] if n[0] % 2 else [])
+
+    path, rounds = _race(tmp_path, rollback)
+    for sid, first, (out_a, err_a), second, (out_b, err_b) in rounds:
+        assert first.returncode == 0, err_a.decode()
+        assert second.returncode == 2, (out_b.decode(), err_b.decode())
+        assert f"session {sid} is being continued by process {first.pid}" in _one_error_line(err_b)
+        _assert_one_chain(path, sid, json.loads(out_a))
+        conn = _ro(path)
+        assert conn.execute("SELECT COUNT(*) FROM rollbacks WHERE session_id = ?", [sid]).fetchone()[0] == 1
+        conn.close()
+
+
+def test_kill_9_leaves_no_lease_that_blocks_resume(tmp_path):
+    path = tmp_path / "edge.db"
+    db = store.open_db(path)
+    sid = _session(db, _script(tmp_path, slow_s=1.0), n_steps=1, status="running")
+    db.close()
+    first = subprocess.Popen(_cli("resume", sid, "--json", "--db", str(path)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_active(path, sid, 2, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    conn = _ro(path)
+    assert conn.execute("SELECT pid FROM session_leases WHERE session_id = ?", [sid]).fetchone() == (first.pid,)
+    conn.close()
+    again = run_cli("resume", sid, "--json", "--db", str(path))
+    assert again.returncode == 0, again.stderr.decode()
+    assert json.loads(again.stdout)["status"] == "done"
+    assert _active(path, sid) == [0, 1, 2, 3, 4, 5]
+
+
+def test_rollback_that_continues_holds_the_session_for_its_whole_run(tmp_path):
+    path = tmp_path / "edge.db"
+    db = store.open_db(path)
+    sid = _session(db, _script(tmp_path, slow_s=0.0))
+    db.close()
+    proc = run_cli("rollback", sid, "--to", "2", "--temperature", "0", "--json", "--db", str(path))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout)["status"] == "done"
+    assert _active(path, sid) == [0, 1, 2, 3, 4, 5]
+
+
+def _agent(db, script: Path):
+    from edge_agent.agent import Agent
+
+    return Agent(ScriptedModel(script), db, "local-only", offline=True)
+
+
+@pytest.mark.parametrize("ending", ["done", "max_steps", "error", "interrupt"])
+def test_the_lease_is_released_however_the_run_ends(db, tmp_path, ending):
+    from edge_agent.agent import Callbacks, Settings
+
+    agent = _agent(db, _script(tmp_path, slow_s=0.0))
+    sid = agent.start(PROBLEM, Settings(max_steps=2 if ending == "max_steps" else 12))
+    seen = []
+
+    def step_end(step):
+        seen.append(db.execute("SELECT pid FROM session_leases WHERE session_id = ?", [sid]).fetchone())
+        if ending == "error" and step.index == 1:
+            raise RuntimeError("boom")
+        if ending == "interrupt" and step.index == 1:
+            raise KeyboardInterrupt
+
+    if ending in ("error", "interrupt"):
+        with pytest.raises((RuntimeError, KeyboardInterrupt)):
+            agent.run(sid, Callbacks(step_end=step_end))
+    else:
+        assert agent.run(sid, Callbacks(step_end=step_end)).status == ending
+    assert seen and all(row == (os.getpid(),) for row in seen)  # held while it ran
+    assert db["session_leases"].count == 0
+
+
+def test_a_live_holder_blocks_a_dead_or_reused_pid_does_not(db, tmp_path):
+    sid = _session(db, _script(tmp_path), status="running")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = store.repo._proc_start(holder.pid)
+        db["session_leases"].insert({"session_id": sid, "pid": holder.pid, "pid_start": start, "token": "T",
+                                     "purpose": "run", "acquired_at": "x"})
+        with pytest.raises(SessionError, match=f"being continued by process {holder.pid}"):
+            with store.session_lease(db, sid):
+                pass
+        with pytest.raises(SessionError, match="being continued"):
+            store.rollback_to(db, sid, 1)
+        # the same pid started at another time is another process: its lease is stale
+        db.execute("UPDATE session_leases SET pid_start = ?", [(start or 0) + 1])
+        with store.session_lease(db, sid):
+            assert db.execute("SELECT pid FROM session_leases").fetchone() == (os.getpid(),)
+        assert db["session_leases"].count == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    db["session_leases"].insert({"session_id": sid, "pid": holder.pid, "pid_start": None, "token": "T",
+                                 "purpose": "run", "acquired_at": "x"})
+    with store.session_lease(db, sid):  # the holder is dead: reclaimed
+        pass
+
+
+def test_one_process_holds_a_session_once_another_thread_is_refused(db, tmp_path):
+    sid = _session(db, _script(tmp_path), status="running")
+    errors = []
+
+    def other():
+        from store import open_db
+
+        other_db = open_db(tmp_path / "unit.db")
+        try:
+            with store.session_lease(other_db, sid):
+                pass
+        except SessionError as e:
+            errors.append(str(e))
+        finally:
+            other_db.close()
+
+    with store.session_lease(db, sid):
+        with store.session_lease(db, sid):  # re-entered by the holder (rollback, then its run)
+            t = threading.Thread(target=other)
+            t.start()
+            t.join()
+        assert db["session_leases"].count == 1
+    assert db["session_leases"].count == 0
+    assert len(errors) == 1 and "being continued" in errors[0]
+
+
+def test_a_writer_whose_lease_was_taken_over_cannot_commit(db, tmp_path):
+    sid = _session(db, _script(tmp_path), n_steps=1, status="running")
+    with store.session_lease(db, sid):
+        db.execute("UPDATE session_leases SET token = 'OTHER', pid = ?", [os.getppid()])  # another live process
+        model = ScriptedModel(_script(tmp_path))
+        with pytest.raises(SessionError, match="being continued"):
+            store.commit_step(db, sid, Step(index=1, author="local", kind="step", text="x", raw="x\n\n",
+                                            token_ids=tuple(model.tokenize("x\n\n"))))
+    assert [s.index for s in store.load_state(db, sid).steps] == [0]
+    assert db["session_leases"].count == 1  # the other holder's lease is left alone
+
+
+def test_migration_supersedes_duplicate_active_steps_and_adds_the_unique_rule(tmp_path):
+    from sqlite_utils import Database
+
+    from store.db import migrations
+
+    path = tmp_path / "old.db"
+    old = Database(path)
+    migrations.apply(old, stop_before="m004_session_leases")
+    model = ScriptedModel(_script(tmp_path))
+    sid = store.new_session(old, problem=PROBLEM, model=model.name, model_path=model.path, policy="local-only",
+                            settings={})
+    for n, i in enumerate((0, 1, 1, 2, 2)):  # what two resumes at once wrote before the fix
+        old["steps"].insert({"id": f"S{n}", "session_id": sid, "idx": i, "author": "local", "kind": "step",
+                             "text": f"s{i}", "raw": f"s{i}\n\n", "token_ids": "[]", "superseded_by": None})
+    old["sessions"].update(sid, {"status": "done", "answer": "4"})
+    ok = store.new_session(old, problem=PROBLEM, model="m", model_path="m", policy="local-only", settings={})
+    old["steps"].insert({"id": "T0", "session_id": ok, "idx": 0, "author": "local", "kind": "step", "text": "fine",
+                         "raw": "fine\n\n", "token_ids": "[]", "superseded_by": None})
+    old.close()
+
+    db = store.open_db(path)
+    assert [s.index for s in store.load_state(db, sid).steps] == [0]
+    every = store.load_steps(db, sid, include_superseded=True)
+    assert len(every) == 5  # kept, never deleted
+    state = store.load_state(db, sid)
+    assert (state.status, state.answer) == ("running", None)  # resume regenerates from step 1
+    [rb] = list(db["rollbacks"].rows_where("session_id = ?", [sid]))
+    assert (rb["to_idx"], rb["superseded"]) == (1, 4)
+    assert [s.index for s in store.load_state(db, ok).steps] == [0]
+    with pytest.raises(sqlite3.IntegrityError):
+        db["steps"].insert({"id": "dup", "session_id": ok, "idx": 0, "superseded_by": None})
+    db.close()
+
+
 # -- hole 7: the session and its settings in one write ------------------------------------------------
 
 
