@@ -319,6 +319,74 @@ def test_migration_supersedes_duplicate_active_steps_and_adds_the_unique_rule(tm
     db.close()
 
 
+# -- hole 6: another app's file -----------------------------------------------------------------------
+
+
+def _snapshot(directory: Path) -> dict[str, tuple]:
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode, p.stat().st_mtime_ns)
+            for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("journal, our_name", [("delete", True), ("wal", True), ("delete", False), ("wal", False)])
+def test_another_apps_database_is_refused_untouched(tmp_path, journal, our_name):
+    app = tmp_path / "app"
+    app.mkdir()
+    path = app / "other_app.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA journal_mode = {journal}")
+    if our_name:
+        conn.execute("CREATE TABLE sessions (token TEXT, user TEXT)")  # an unrelated table with our name
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute("INSERT INTO notes (body) VALUES ('keep me')")
+    conn.commit()
+    conn.close()
+    os.chmod(path, 0o644)
+    before = _snapshot(app)
+    script = _script(tmp_path)
+    for args in (["sessions"], ["sessions", "--json"], ["show", "X"], ["resume", "X"], ["cost"],
+                 ["solve", PROBLEM, "--model", f"script:{script}"]):
+        proc = run_cli(*args, "--db", str(path))
+        assert proc.returncode == 2, (args, proc.stdout.decode(), proc.stderr.decode())
+        assert "not an edge-agent database" in _one_error_line(proc.stderr)
+        assert _snapshot(app) == before, args  # bytes, mode, mtime; no -wal, -shm or .lock left
+
+
+def test_an_empty_sqlite_file_is_taken_as_new(tmp_path):
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()  # zero bytes
+    store.open_db(path).close()
+    conn = sqlite3.connect(path)
+    assert {"sessions", "steps", "session_leases"} <= {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+
+
+# -- a damaged schema ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("drop, name", [("TABLE", "steps"), ("INDEX", "steps_active_idx")])
+def test_a_missing_table_of_ours_is_an_error_and_nothing_changes(tmp_path, drop, name):
+    path = tmp_path / "edge.db"
+    db = store.open_db(path)
+    sid = _session(db, _script(tmp_path, slow_s=0.0), n_steps=1, status="running")
+    db.close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"DROP {drop} {name}")
+    conn.commit()
+    conn.close()
+    before = _snapshot(tmp_path)
+    for args in (["resume", sid], ["sessions"], ["show", sid]):
+        proc = run_cli(*args, "--db", str(path))
+        assert proc.returncode == 2, (args, proc.stdout.decode(), proc.stderr.decode())
+        line = _one_error_line(proc.stderr)
+        assert "damaged" in line and f"{drop.lower()} {name} missing" in line, line
+        assert _snapshot(tmp_path) == before, args
+    with pytest.raises(StoreError, match="damaged"):
+        store.open_db(path)
+    conn = sqlite3.connect(path)
+    assert name not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}  # not silently recreated
+    conn.close()
+
+
 # -- hole 7: the session and its settings in one write ------------------------------------------------
 
 
