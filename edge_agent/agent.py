@@ -108,8 +108,12 @@ class Agent:
         self.caps = caps or Caps()
         self.offline = offline
 
-    def start(self, problem: str, settings: Settings) -> str:
-        """Validate, check the context, and create the session. Nothing is written if this fails."""
+    def start(self, problem: str, settings: Settings, extra: dict[str, Any] | None = None) -> str:
+        """Validate, check the context, and create the session. Nothing is written if this fails.
+
+        ``extra`` settings (cost cap, cloud URL, prices, conversation) are written in the same insert
+        as the session: a crash can never leave a session that ``resume`` would run without them.
+        """
         problem = check_problem(problem, settings.n_ctx)
         self.model.prompt_tokens(messages(problem), reserve=min(settings.max_step_tokens, settings.n_ctx // 4))
         return store.new_session(
@@ -118,13 +122,14 @@ class Agent:
             model=self.model.name,
             model_path=str(self.model.path),
             policy=self.policy.label,
-            settings={**asdict(settings), "offline": self.offline},
+            settings={**asdict(settings), "offline": self.offline, **(extra or {})},
             cloud_provider=self.cloud.provider if self.cloud else None,
             cloud_model=self.cloud.model if self.cloud else None,
         )
 
-    def solve(self, problem: str, settings: Settings, callbacks: Callbacks | None = None) -> RunResult:
-        sid = self.start(problem, settings)
+    def solve(self, problem: str, settings: Settings, callbacks: Callbacks | None = None,
+              extra: dict[str, Any] | None = None) -> RunResult:
+        sid = self.start(problem, settings, extra)
         return self.run(sid, callbacks)
 
     # -- cloud actions ------------------------------------------------------------------------------
@@ -230,7 +235,15 @@ class Agent:
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self, session_id: str, callbacks: Callbacks | None = None) -> RunResult:
-        """Continue a session from its last committed step until it finishes."""
+        """Continue a session from its last committed step until it finishes.
+
+        The run holds the session (``store.session_lease``) from before its state is read until it
+        ends, however it ends: another process that tries to continue or roll it back is refused.
+        """
+        with store.session_lease(self.db, session_id):
+            return self._run_held(session_id, callbacks)
+
+    def _run_held(self, session_id: str, callbacks: Callbacks | None) -> RunResult:
         state = store.load_state(self.db, session_id)
         store.ensure_resumable(state)
         settings = Settings.from_dict(state.settings)

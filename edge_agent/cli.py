@@ -260,11 +260,7 @@ def _run(agent, session_id: str | None, problem: str | None, settings, as_json: 
     renderer = None if as_json else Renderer(verbose)
     cb = Callbacks(renderer.step_start, renderer.text, renderer.step_end, renderer.trigger) if renderer else Callbacks()
     if session_id is None:
-        session_id = agent.start(problem, settings)
-        if extra:
-            import store
-
-            store.update_settings(agent.db, session_id, extra)
+        session_id = agent.start(problem, settings, extra)  # the session and all its settings in one insert
     try:
         agent.run(session_id, cb)
     except KeyboardInterrupt:
@@ -379,8 +375,10 @@ def resume(session_id, verbose, offline, db_path, as_json):
 
     db = _open(db_path, create=False)
     sid = store.resolve_id(db, session_id)
-    agent = _agent_for_session(db, sid, offline)
-    _run(agent, sid, None, None, as_json, verbose)
+    store.ensure_resumable(store.load_state(db, sid))  # a refusal writes nothing, not even a lease
+    with store.session_lease(db, sid):  # refused at once, before a model loads, if another process holds it
+        agent = _agent_for_session(db, sid, offline)
+        _run(agent, sid, None, None, as_json, verbose)
 
 
 @cli.command()
@@ -407,20 +405,23 @@ def rollback(session_id, to_step, temperature, no_continue, verbose, db_path, as
 
     db = _open(db_path, create=False)
     sid = store.resolve_id(db, session_id)
-    Settings.from_dict({**store.load_state(db, sid).settings, "temperature": temperature})  # validate first
-    rid = store.rollback_to(db, sid, to_step, reason="user")
-    store.update_settings(db, sid, {"temperature": temperature, "seed": secrets.randbelow(2**31)})
-    if no_continue:
-        from .report import session_report
+    state = store.load_state(db, sid)
+    Settings.from_dict({**state.settings, "temperature": temperature})  # validate first: a refusal writes nothing
+    store.check_rollback(state, to_step)
+    with store.session_lease(db, sid, purpose="rollback"):  # held from the rollback to the end of its run
+        rid = store.rollback_to(db, sid, to_step, reason="user")
+        store.update_settings(db, sid, {"temperature": temperature, "seed": secrets.randbelow(2**31)})
+        if no_continue:
+            from .report import session_report
 
-        report = session_report(db, sid)
-        if as_json:
-            click.echo(json.dumps({**report, "rollback_id": rid}, ensure_ascii=False))
-        else:
-            click.echo(f"rolled back {sid} to step {to_step} (rollback {rid}); continue with 'edge-agent resume {sid}'")
-        return
-    agent = _agent_for_session(db, sid)
-    _run(agent, sid, None, None, as_json, verbose)
+            report = session_report(db, sid)
+            if as_json:
+                click.echo(json.dumps({**report, "rollback_id": rid}, ensure_ascii=False))
+            else:
+                click.echo(f"rolled back {sid} to step {to_step} (rollback {rid}); continue with 'edge-agent resume {sid}'")
+            return
+        agent = _agent_for_session(db, sid)
+        _run(agent, sid, None, None, as_json, verbose)
 
 
 # -- inspection ---------------------------------------------------------------------------------------

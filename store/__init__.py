@@ -6,6 +6,7 @@ from .repo import (
     FINISHED,
     add_wall_time,
     SessionState,
+    check_rollback,
     cloud_calls,
     commit_step,
     ensure_resumable,
@@ -18,6 +19,7 @@ from .repo import (
     record_event,
     resolve_id,
     rollback_to,
+    session_lease,
     set_status,
     update_settings,
 )
@@ -27,6 +29,7 @@ __all__ = [
     "FINISHED",
     "add_wall_time",
     "SessionState",
+    "check_rollback",
     "cloud_calls",
     "commit_step",
     "ensure_resumable",
@@ -41,6 +44,7 @@ __all__ = [
     "record_event",
     "resolve_id",
     "rollback_to",
+    "session_lease",
     "set_status",
     "update_settings",
 ]

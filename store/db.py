@@ -12,6 +12,8 @@ from edge_agent.errors import StoreError
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from .repo import new_id, now
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 migrations = Migrations("edge-agent")
@@ -157,7 +159,51 @@ def m003_response_cache(db: Database) -> None:
     db["cloud_calls"].add_column("would_be_nusd", int)
 
 
+@migrations()
+def m004_session_leases(db: Database) -> None:
+    """One writer per session: a lease row per held session, and one active step per (session, index).
+
+    A database written before this migration may hold duplicate active steps (two ``resume`` runs
+    of one session at once). From a session's first duplicated index on, its active steps are not
+    one chain, so they are superseded by a rollback with reason ``m004: duplicate active steps``
+    (kept, never deleted) and the session is set back to ``running``: ``resume`` regenerates them.
+    """
+    db["session_leases"].create(
+        {
+            "session_id": str,
+            "pid": int,  # the holder
+            "pid_start": int,  # its start time in clock ticks (/proc), so a reused PID is not taken for it
+            "token": str,  # this hold; a writer whose lease was taken over stops at its next commit
+            "purpose": str,  # run | rollback
+            "acquired_at": str,
+        },
+        pk="session_id",
+        foreign_keys=[("session_id", "sessions", "id")],
+    )
+    duplicated = db.execute(
+        "SELECT session_id, MIN(idx) FROM (SELECT session_id, idx FROM steps WHERE superseded_by IS NULL"
+        " GROUP BY session_id, idx HAVING COUNT(*) > 1) GROUP BY session_id"
+    ).fetchall()
+    for session_id, first in duplicated:
+        rid, ts = new_id(), now()
+        later = [r[0] for r in db.execute(
+            "SELECT id FROM steps WHERE session_id = ? AND superseded_by IS NULL AND idx >= ?", [session_id, first])]
+        db["rollbacks"].insert({"id": rid, "session_id": session_id, "to_idx": first, "reason": "m004: duplicate active steps",
+                                "superseded": len(later), "created_at": ts})
+        db.execute(f"UPDATE steps SET superseded_by = ? WHERE id IN ({','.join('?' * len(later))})", [rid, *later])
+        db.execute("UPDATE sessions SET status = 'running', answer = NULL, updated_at = ? WHERE id = ?", [ts, session_id])
+    db.execute("CREATE UNIQUE INDEX steps_active_idx ON steps (session_id, idx) WHERE superseded_by IS NULL")
+
+
 KNOWN_MIGRATIONS = {m.name for m in migrations._migrations}
+# the tables each migration creates: with the migration recorded, a missing one is a damaged schema
+TABLES = {
+    "m001_initial": ("sessions", "steps", "trigger_events", "cloud_calls", "rollbacks"),
+    "m002_budget": ("budget_reservations",),
+    "m003_response_cache": ("response_cache",),
+    "m004_session_leases": ("session_leases",),
+}
+INDEXES = {"m004_session_leases": ("steps_active_idx",)}  # the one-writer rule: without it, refuse
 
 
 def default_path() -> Path:
@@ -219,19 +265,99 @@ def _setup_lock(path: Path):
         os.close(fd)
 
 
+def _look(path: Path) -> tuple[set[str], set[str], set[str], bool]:
+    """Read (tables, indexes, our applied migrations, other apps' migrations recorded), changing nothing.
+
+    With no ``-wal`` file the main file holds every committed page, so it is read as immutable: no
+    lock, no ``-wal``/``-shm`` created. With one, a plain read-only connection sees the WAL too.
+    """
+    wal = path.with_name(path.name + "-wal")
+    try:
+        return _read_schema(path.resolve().as_uri() + ("?mode=ro" if wal.exists() else "?immutable=1"))
+    except sqlite3.DatabaseError:
+        if not wal.exists():
+            raise
+        # a writer started while the file was read as immutable: read it again, WAL included
+        return _read_schema(path.resolve().as_uri() + "?mode=ro")
+
+
+def _read_schema(uri: str) -> tuple[set[str], set[str], set[str], bool]:
+    conn = sqlite3.connect(uri, uri=True, timeout=10.0)
+    try:
+        objects = conn.execute("SELECT type, name FROM sqlite_master").fetchall()
+        tables = {name for kind, name in objects if kind == "table"}
+        indexes = {name for kind, name in objects if kind == "index"}
+        ours: set[str] = set()
+        others = False
+        if Migrations.migrations_table in tables:
+            for set_name, name in conn.execute(f"SELECT migration_set, name FROM {Migrations.migrations_table}"):
+                if set_name == migrations.name:
+                    ours.add(name)
+                else:
+                    others = True
+        return tables, indexes, ours, others
+    finally:
+        conn.close()
+
+
+def _check_schema(path: Path, tables: set[str], indexes: set[str], applied: set[str], others: bool) -> None:
+    """Refuse another app's file, a newer schema or a damaged one (one line each), before any change."""
+    if not applied:
+        foreign = sorted(t for t in tables if t != Migrations.migrations_table and not t.startswith("sqlite_"))
+        if foreign or others:
+            shown = ", ".join(foreign[:4]) + (", …" if len(foreign) > 4 else "")
+            raise StoreError(
+                f"{path} is not an edge-agent database (it holds "
+                + (f"other tables: {shown}" if foreign else "another app's migrations")
+                + "): it was left untouched; pass another --db or EDGE_AGENT_DB"
+            )
+        return
+    unknown = applied - KNOWN_MIGRATIONS
+    if unknown:
+        raise StoreError(
+            f"database {path} was written by a newer edge-agent (schema {sorted(unknown)[-1]}): upgrade edge-agent"
+        )
+    missing = [f"table {t}" for m in applied for t in TABLES[m] if t not in tables]
+    if not missing:  # a dropped table takes its indexes with it: name the table alone
+        missing = [f"index {i}" for m in applied for i in INDEXES.get(m, ()) if i not in indexes]
+    if missing:
+        raise StoreError(
+            f"database {path} is damaged: {', '.join(missing)} missing though its schema is recorded; "
+            "it was left untouched: restore it from a backup or pass another --db"
+        )
+
+
+def _db_error(path: Path, e: sqlite3.DatabaseError) -> StoreError:
+    msg = str(e)
+    if "locked" in msg or "busy" in msg:
+        return StoreError(f"database {path} is locked by another process: wait for it or pass another --db")
+    if "readonly" in msg or "read-only" in msg:
+        return StoreError(f"database {path} is read-only: fix its permissions or pass another --db")
+    return StoreError(f"database {path} is unreadable ({msg}): move it aside or pass another --db")
+
+
 def open_db(path: str | os.PathLike | None = None, *, create: bool = True) -> Database:
-    """Open (creating if needed) the database, apply pending migrations and return it."""
+    """Open (creating if needed) the database, apply pending migrations and return it.
+
+    An existing file is first looked at read-only: another app's SQLite file or a damaged schema is
+    refused before anything (mode, journal, tables, a ``.lock`` file) is changed.
+    """
     path = Path(path).expanduser() if path else default_path()
     _check_file(path)
-    if not path.exists():
-        if not create:
-            raise StoreError(f"no database at {path}: run 'edge-agent solve' first or pass --db")
-        _create_private(path)
-    elif stat.S_IMODE(path.stat().st_mode) & 0o077:
+    if path.exists():
         try:
-            os.chmod(path, 0o600)
-        except OSError:
-            pass
+            _check_schema(path, *_look(path))
+        except sqlite3.DatabaseError as e:
+            raise _db_error(path, e) from None
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            try:
+                os.chmod(path, 0o600)
+            except OSError:
+                pass
+    elif not create:
+        raise StoreError(f"no database at {path}: run 'edge-agent solve' first or pass --db")
+    else:
+        _create_private(path)
     try:
         conn = sqlite3.connect(str(path), timeout=10.0)
         db = Database(conn, execute_plugins=False)
@@ -253,10 +379,5 @@ def open_db(path: str | os.PathLike | None = None, *, create: bool = True) -> Da
 
         reclaim_stale(db)
     except sqlite3.DatabaseError as e:
-        msg = str(e)
-        if "locked" in msg or "busy" in msg:
-            raise StoreError(f"database {path} is locked by another process: wait for it or pass another --db") from None
-        if "readonly" in msg or "read-only" in msg:
-            raise StoreError(f"database {path} is read-only: fix its permissions or pass another --db") from None
-        raise StoreError(f"database {path} is unreadable ({msg}): move it aside or pass another --db") from None
+        raise _db_error(path, e) from None
     return db

@@ -128,3 +128,20 @@ def test_open_without_create_does_not_create(tmp_path):
     with pytest.raises(StoreError, match="no database"):
         store.open_db(tmp_path / "none.db", create=False)
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_nested_write_transaction_joins_the_outer_one(db):
+    from store.repo import write_txn
+
+    sid = store.new_session(db, problem="p", model="m", model_path="x", policy="local-only", settings={})
+    with pytest.raises(RuntimeError):
+        with write_txn(db):
+            db["sessions"].update(sid, {"status": "ended"})
+            with write_txn(db):
+                db["sessions"].update(sid, {"answer": "4"})
+            raise RuntimeError("the outer transaction fails after the inner one")
+    assert (store.load_state(db, sid).status, store.load_state(db, sid).answer) == ("running", None)
+    with write_txn(db):
+        with write_txn(db):
+            db["sessions"].update(sid, {"answer": "5"})
+    assert store.load_state(db, sid).answer == "5" and not db.conn.in_transaction
