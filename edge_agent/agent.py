@@ -154,14 +154,21 @@ class Agent:
             events.append((TriggerEvent("cloud_unavailable", True, detail={"purpose": purpose, "reason": reason}), "keep_local"))
             return None
         try:
-            return call()
+            got = call()
         except BudgetDenied as e:
             events.append((TriggerEvent("budget_denied", True, score=e.committed_usd + e.needed_usd, threshold=e.cap_usd,
                                         detail={"purpose": purpose, "scope": e.scope, "message": str(e)}), "keep_local"))
         except CloudError as e:
             name = "cloud_unavailable" if (e.opens_breaker or e.kind == "circuit_open") else "cloud_error"
             events.append((TriggerEvent(name, True, detail={"purpose": purpose, "kind": e.kind, "message": str(e)}), "keep_local"))
-        return None
+            return None
+        reply = got[0] if isinstance(got, tuple) else got  # judge returns (reply, logprobs)
+        if getattr(reply, "status", "ok") == "overrun":  # the provider claimed more than was reserved
+            claimed = reply.cost_usd + reply.overrun_usd
+            events.append((TriggerEvent("cloud_overrun", True, score=claimed, threshold=reply.cost_usd,
+                                        detail={"purpose": purpose, "reported_usd": claimed,
+                                                "booked_usd": reply.cost_usd}), "accept"))
+        return got
 
     def _as_step(self, text: str, index: int, kind: str, trigger: str | None, seconds: float, finish: str) -> Step:
         raw = text + "\n\n"

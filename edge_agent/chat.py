@@ -123,18 +123,17 @@ class Chat:
 
     def ask(self, user: str) -> Turn:
         """Run one turn as its own session. Ctrl-C cancels it; what was committed stays, and we go on."""
-        import store
 
         from .agent import Callbacks
         from .report import session_report
 
         r = self.renderer
         agent = self.agent()
-        sid = agent.start(conversation_problem(self.messages(user)), self.settings)
-        store.update_settings(self.db, sid, {"conversation_id": self.conversation_id, "turn": len(self.turns),
-                                             "cloud_base_url": getattr(self.cloud.adapter, "base_url", None)
-                                             if self.cloud else None,
-                                             "max_cost": self.caps.session_usd if self.caps else None})
+        # the session and every setting resume needs are written in one transaction
+        sid = agent.start(conversation_problem(self.messages(user)), self.settings,
+                          {"conversation_id": self.conversation_id, "turn": len(self.turns),
+                           "cloud_base_url": getattr(self.cloud.adapter, "base_url", None) if self.cloud else None,
+                           "max_cost": self.caps.session_usd if self.caps else None})
         cancelled = False
         try:
             agent.run(sid, Callbacks(r.step_start, r.text, r.step_end, r.trigger))

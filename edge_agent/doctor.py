@@ -7,7 +7,6 @@ The cloud check lists models: one cheap call that spends no tokens.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -311,7 +311,6 @@ class StepStream:
 def solve_job(worker: Worker, policy: str, problem: str, settings: Settings, meta: dict[str, Any],
               started: Callable[[str], None], stream: StepStream | None) -> tuple[dict[str, Any], int]:
     """On the worker thread: start the session, run it, and read back (report, prompt tokens)."""
-    import store
 
     from .prompts import messages
     from .report import session_report
@@ -319,8 +318,7 @@ def solve_job(worker: Worker, policy: str, problem: str, settings: Settings, met
     stream = stream or StepStream(lambda step, back: None, worker.stopping)
     try:
         agent = worker.make_agent(policy)
-        sid = agent.start(problem, settings)
-        store.update_settings(agent.db, sid, meta)
+        sid = agent.start(problem, settings, meta)  # the session and its settings in one transaction
         started(sid)
         try:
             agent.run(sid, stream.callbacks())
