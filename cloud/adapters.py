@@ -124,7 +124,7 @@ def _never_sent(e: BaseException, base_url: str) -> BaseException | None:
     return None
 
 
-def _sdk_error(sdk: Any, e: Exception, key_env: str, base_url: str) -> CloudError:
+def sdk_error(sdk: Any, e: Exception, key_env: str, base_url: str) -> CloudError:
     """Map an official SDK's exception (openai and anthropic share the class names) to a CloudError.
 
     ``base_url`` is the SDK client's own, to tell a request that never left from a redirect that failed.
@@ -183,7 +183,7 @@ class OpenAIAdapter:
                 **({"logprobs": True, "top_logprobs": top_logprobs} if top_logprobs else {}),
             )
         except Exception as e:
-            raise _sdk_error(oa, e, "OPENAI_API_KEY", str(self.client.base_url)) from None
+            raise sdk_error(oa, e, "OPENAI_API_KEY", str(self.client.base_url)) from None
         try:
             text = resp.choices[0].message.content or ""
         except (AttributeError, IndexError, TypeError):
@@ -264,7 +264,7 @@ class AnthropicAdapter:
                 **({"stop_sequences": stops} if stops else {}),
             )
         except Exception as e:
-            raise _sdk_error(an, e, "ANTHROPIC_API_KEY", str(self.client.base_url)) from None
+            raise sdk_error(an, e, "ANTHROPIC_API_KEY", str(self.client.base_url)) from None
         try:
             text = "".join(b.text for b in resp.content if getattr(b, "type", "") == "text")
         except (AttributeError, TypeError):

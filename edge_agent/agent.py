@@ -158,6 +158,7 @@ class Agent:
         except BudgetDenied as e:
             events.append((TriggerEvent("budget_denied", True, score=e.committed_usd + e.needed_usd, threshold=e.cap_usd,
                                         detail={"purpose": purpose, "scope": e.scope, "message": str(e)}), "keep_local"))
+            return None
         except CloudError as e:
             name = "cloud_unavailable" if (e.opens_breaker or e.kind == "circuit_open") else "cloud_error"
             events.append((TriggerEvent(name, True, detail={"purpose": purpose, "kind": e.kind, "message": str(e)}), "keep_local"))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import EdgeAgentError, InputError
+from .errors import USER_ERRORS, InputError
 
 ROLES = {"system", "developer", "user", "assistant"}
 HELP = """commands:
@@ -220,7 +220,7 @@ class Chat:
             return
         try:
             label = self.resolve_policy(spec)
-        except EdgeAgentError as e:
+        except USER_ERRORS as e:
             self.console.print(f"Error: {e}", markup=False)
             return
         if get_policy(label).uses_cloud and self.cloud is None:
@@ -256,7 +256,7 @@ class Chat:
                 continue
             try:
                 self.ask(line)
-            except EdgeAgentError as e:  # e.g. the conversation outgrew the context: say so, keep the REPL
+            except USER_ERRORS as e:  # e.g. the conversation outgrew the context: say so, keep the REPL
                 self.console.print(f"Error: {e}", markup=False)
             except KeyboardInterrupt:  # before the turn's session existed: nothing to keep
                 self.console.print("\nturn cancelled")

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .errors import EdgeAgentError, InputError
+from .errors import USER_ERRORS, InputError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -36,7 +36,7 @@ class Group(click.Group):
             return super().invoke(ctx)
         except click.UsageError as e:
             _usage_fail(e)
-        except EdgeAgentError as e:
+        except USER_ERRORS as e:
             _fail(str(e))
         except sqlite3.Error as e:
             if "readonly" in str(e):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgeAgentError
+from .errors import USER_ERRORS
 
 KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 PING_TIMEOUT_S = 10.0
@@ -32,7 +32,7 @@ def check_config() -> tuple[Any, Check]:
     path = config_path()
     try:
         cfg = load_config(path)
-    except EdgeAgentError as e:
+    except USER_ERRORS as e:
         return Config(path=path), Check("config", "fail", str(e),
                                         f"fix or move aside {path} (EDGE_AGENT_CONFIG points elsewhere)")
     note = "" if path.exists() else " (no file yet: defaults in force)"
@@ -53,7 +53,7 @@ def check_model(model: str | None) -> tuple[dict[str, Any], Check]:
         local.llm
         local.close()
         info.update(loads=True, load_s=round(time.perf_counter() - t0, 2))
-    except EdgeAgentError as e:
+    except USER_ERRORS as e:
         return info, Check("local model", "fail", str(e), fix)
     return info, Check("local model", "ok", f"{name} · {path} · loads in {info['load_s']:.1f}s")
 
@@ -64,14 +64,14 @@ def _ping(cloud: Any) -> list[str]:
     return [m.id for m in client.models.list()]
 
 
-def _ping_error(provider: str, e: Exception) -> tuple[str, str, str]:
+def _ping_error(provider: str, e: Exception, base_url: str) -> tuple[str, str, str]:
     """(level, what went wrong, fix) for a failed models list, by the SDK's exception class."""
     import importlib
 
-    from cloud.adapters import _sdk_error
+    from cloud.adapters import sdk_error
 
     env = KEY_ENV.get(provider, "the API key")
-    err = _sdk_error(importlib.import_module(provider), e, env)
+    err = sdk_error(importlib.import_module(provider), e, env, base_url)
     fixes = {
         "auth": f"set {env} to a valid key (or [keys] {provider} in the config)",
         "connection": "check --cloud-base-url / OPENAI_BASE_URL and the network; meanwhile --offline solves locally",
@@ -97,7 +97,7 @@ def check_cloud(cfg: Any, spec: str | None, base_url: str | None, offline: bool,
                            "'edge-agent cloud-local' serves a loopback stand-in")
     try:
         cloud = _make_cloud(cfg, spec, base_url, False, price_in, price_out)
-    except EdgeAgentError as e:
+    except USER_ERRORS as e:
         return {"spec": spec, "answers": False}, Check(
             "cloud", "fail", str(e), "fix --cloud PROVIDER:MODEL, its API key (env or [keys]) and its price "
                                      "(--price-in/--price-out or [prices]) as the message says")
@@ -108,7 +108,7 @@ def check_cloud(cfg: Any, spec: str | None, base_url: str | None, offline: bool,
     try:
         ids = _ping(cloud)
     except Exception as e:  # noqa: BLE001 - every SDK failure is mapped to a level and a fix
-        level, what, fix = _ping_error(cloud.provider, e)
+        level, what, fix = _ping_error(cloud.provider, e, str(cloud.adapter.client.base_url))
         return info, Check("cloud", level, f"{spec} at {url}: {what}", fix)
     info.update(answers=True, listed=cloud.model in ids, latency_s=round(time.perf_counter() - t0, 3))
     detail = f"{spec} at {url} answers ({len(ids)} models listed, {info['latency_s']:.2f}s)"
@@ -124,7 +124,7 @@ def check_caps(cfg: Any, max_cost: float | None, db: Any, has_cloud: bool) -> tu
 
     try:
         caps = _caps(cfg, max_cost)
-    except EdgeAgentError as e:
+    except USER_ERRORS as e:
         return {}, Check("caps", "fail", str(e), "pass --max-cost as USD >= 0")
     spent = {"spent_today_usd": 0.0, "spent_month_usd": 0.0}
     if db is not None:
@@ -155,7 +155,7 @@ def check_db(db_path: str | None) -> tuple[Any, Check]:
         return None, Check("database", "ok", f"{path} (not created yet: the first solve creates it)")
     try:
         db = open_db(path, create=False)
-    except EdgeAgentError as e:
+    except USER_ERRORS as e:
         return None, Check("database", "fail", str(e), "move the file aside, or pass --db / EDGE_AGENT_DB elsewhere")
     return db, Check("database", "ok", f"{path} · {db['sessions'].count} sessions")
 

@@ -50,3 +50,9 @@ class BudgetDenied(EdgeAgentError):
         self.cap_usd = cap_usd
         self.committed_usd = committed_usd
         self.needed_usd = needed_usd
+
+
+# Every error a user can act on, whichever package raised it: the CLI, chat and serve turn exactly
+# these into one line (exit 2, or an HTTP 4xx). Packages below edge_agent own their errors; they
+# are gathered here, in the one place that translates them.
+USER_ERRORS: tuple[type[BaseException], ...] = (EdgeAgentError,)

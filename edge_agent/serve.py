@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from .agent import Agent, Callbacks, Settings
 from .chat import conversation_problem
-from .errors import EdgeAgentError, InputError
+from .errors import USER_ERRORS, InputError
 from .values import Step
 
 log = logging.getLogger("edge_agent.serve")
@@ -185,7 +185,7 @@ def request_settings(body: dict[str, Any], base: Settings) -> Settings:
         changes["seed"] = seed
     try:
         return replace(base, **changes)
-    except InputError as e:
+    except USER_ERRORS as e:
         raise ApiError(400, str(e)) from None
 
 
@@ -361,7 +361,7 @@ def create_app(make_agent: Callable[[str], Agent], options: ServeOptions) -> Fas
                            param="model", code="model_not_found")
         try:
             name, params = parse_spec(model)
-        except InputError as e:
+        except USER_ERRORS as e:
             raise ApiError(400, str(e), param="model") from None
         if name not in POLICIES:
             raise unknown
@@ -370,7 +370,7 @@ def create_app(make_agent: Callable[[str], Agent], options: ServeOptions) -> Fas
             raise unknown
         try:
             label = options.resolve_policy(model)
-        except InputError as e:
+        except USER_ERRORS as e:
             raise ApiError(400, str(e), param="model") from None
         if get_policy(label).uses_cloud and not options.has_cloud:
             raise ApiError(400, f"model {model!r} needs a cloud and this server has none: restart serve with "
@@ -399,7 +399,7 @@ def create_app(make_agent: Callable[[str], Agent], options: ServeOptions) -> Fas
         settings = request_settings(body, options.settings)
         try:
             problem = conversation_problem(body.get("messages"))
-        except InputError as e:
+        except USER_ERRORS as e:
             raise ApiError(400, str(e), param="messages") from None
         if not worker.admit():
             raise ApiError(429, f"the local model is busy and {worker.limit - 1} request(s) already wait: retry "
@@ -413,7 +413,7 @@ def create_app(make_agent: Callable[[str], Agent], options: ServeOptions) -> Fas
         try:
             report, prompt_tokens = await worker.run(solve_job, worker, policy, problem, settings, meta,
                                                      sid_box.append, None)
-        except EdgeAgentError as e:
+        except USER_ERRORS as e:
             status = 500 if sid_box else 400  # before the session existed it is the request's fault
             raise ApiError(status, str(e), type_="server_error" if sid_box else "invalid_request_error") from None
         return JSONResponse(completion(report, prompt_tokens, model, created),
@@ -442,7 +442,7 @@ async def _stream(worker: Worker, policy: str, problem: str, settings: Settings,
     await asyncio.wait([started, job], return_when=asyncio.FIRST_COMPLETED)
     if not started.done():  # the job ended before the session existed: a bad problem, or a load failure
         e = job.exception()
-        if isinstance(e, EdgeAgentError):
+        if isinstance(e, USER_ERRORS):
             raise ApiError(400, str(e))
         log.error("the agent failed before starting", exc_info=e)
         raise ApiError(500, "the agent failed before starting: see the server log", type_="server_error")
@@ -464,7 +464,7 @@ async def _stream(worker: Worker, policy: str, problem: str, settings: Settings,
                 err = payload.exception()
                 if err is not None:
                     log.error("session %s failed: %s", sid, err, exc_info=err)
-                    msg = str(err) if isinstance(err, EdgeAgentError) else "the agent failed: see the server log"
+                    msg = str(err) if isinstance(err, USER_ERRORS) else "the agent failed: see the server log"
                     yield sse({"error": {"message": msg, "type": "server_error", "param": None, "code": None}})
                 else:
                     report, prompt_tokens = payload.result()
