@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from edge_agent.values import CloudReply
+from .types import CloudReply
 
 
 class CloudModel(Protocol):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge_agent.errors import CloudError, ConfigError
+from .errors import CloudError, ConfigError
 
 from .budget import token_count
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from edge_agent.errors import BudgetDenied, CloudError, ConfigError
+from .errors import BudgetDenied, CloudError, ConfigError
 
 from .pricing import NANO, Price, cost_nusd, usd, worst_case_nusd
 

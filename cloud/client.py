@@ -7,8 +7,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from edge_agent.errors import ConfigError, CloudError
-from edge_agent.values import CloudReply
+from .errors import CloudError, ConfigError
+from .types import CloudReply
 
 from .adapters import ADAPTERS
 from .breaker import CircuitBreaker
@@ -92,34 +92,29 @@ class Cloud:
                 raise err from None
             raise
         latency = time.perf_counter() - t0
-        claimed, note = 0, None
-        if usage is None:
-            cost, status, usage = reserved, "no_usage", _usage4({})
-        else:
-            cost, status = actual_cost(self.price, usage), "ok"
-            if cost > reserved:
-                # more than the worst case is possible only if the usage is wrong: the caps count the
-                # reservation, and the row says what the provider claimed
-                claimed, cost, status = cost, reserved, "overrun"
-                note = (f"the cloud reported usage costing ${usd(claimed):.9f}, more than the ${usd(reserved):.9f} "
-                        "reserved for the call: booked at the reservation")
+        cost, status, usage, claimed, note = self._booked(usage, reserved)
         budget.settle(reservation, **record, **usage, cost_nusd=cost, latency_s=latency, status=status, error=note)
         self.breaker.reset()
         if key is not None and status == "ok":
             budget.cache_put(key, provider=self.provider, model=self.model, text=raw.text, usage=_usage4(usage))
         return CloudReply(
-            text=raw.text,
-            input_tokens=usage["input_tokens"],
-            output_tokens=usage["output_tokens"],
-            cached_tokens=usage["cached_tokens"],
-            cost_usd=usd(cost),
-            latency_s=latency,
-            provider=self.provider,
-            model=self.model,
-            status=status,
-            overrun_usd=usd(claimed - cost) if claimed else 0.0,
+            text=raw.text, input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"],
+            cached_tokens=usage["cached_tokens"], cost_usd=usd(cost), latency_s=latency, provider=self.provider,
+            model=self.model, status=status, overrun_usd=usd(claimed - cost) if claimed else 0.0,
         ), raw.top_logprobs
 
+    def _booked(self, usage: dict[str, int] | None, reserved: int) -> tuple[int, str, dict[str, int], int, str | None]:
+        """(cost to book, status, usage, cost the provider claimed if over the reservation, note)."""
+        if usage is None:
+            return reserved, "no_usage", _usage4({}), 0, None
+        cost = actual_cost(self.price, usage)
+        if cost <= reserved:
+            return cost, "ok", usage, 0, None
+        # more than the worst case is possible only if the usage is wrong: the caps count the
+        # reservation, and the row says what the provider claimed
+        note = (f"the cloud reported usage costing ${usd(cost):.9f}, more than the ${usd(reserved):.9f} "
+                "reserved for the call: booked at the reservation")
+        return reserved, "overrun", usage, cost, note
 
     def _replay(self, hit: dict[str, Any], budget: Budget, purpose: str, step_idx: int | None) -> CloudReply:
         usage = _usage4(hit)

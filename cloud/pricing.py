@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 
-from edge_agent.errors import ConfigError
+from .errors import ConfigError
 
 NANO = 1_000_000_000
 

@@ -14,6 +14,7 @@ from triggers.scorers import MODEL_SCORERS, Score, Spend, StepInputs
 from .answer import extract_answer
 from .errors import InputError
 from .local import LocalModel
+from .state import load_state
 from .prompts import cloud_step_messages, intervene_messages, messages, plan_messages, solve_messages
 from .values import Action, Step, TriggerEvent
 
@@ -252,7 +253,7 @@ class Agent:
             return self._run_held(session_id, callbacks)
 
     def _run_held(self, session_id: str, callbacks: Callbacks | None) -> RunResult:
-        state = store.load_state(self.db, session_id)
+        state = load_state(self.db, session_id)
         store.ensure_resumable(state)
         settings = Settings.from_dict(state.settings)
         t0 = time.perf_counter()

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from .errors import USER_ERRORS, InputError
+from .state import load_state
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -149,7 +150,9 @@ def _caps(cfg, max_cost):
 def _open(db_path: str | None, create: bool = True):
     from store import open_db
 
-    return open_db(db_path, create=create)
+    from .config import db_path as default_db_path
+
+    return open_db(db_path or default_db_path(), create=create)
 
 
 def _console(stderr: bool = False):
@@ -351,7 +354,7 @@ def _agent_for_session(db, session_id: str, offline: bool = False):
     from .agent import Settings
     from .config import load_config
 
-    state = store.load_state(db, session_id)
+    state = load_state(db, session_id)
     store.ensure_resumable(state)
     settings = Settings.from_dict(state.settings)
     cfg = load_config()
@@ -405,7 +408,7 @@ def rollback(session_id, to_step, temperature, no_continue, verbose, db_path, as
 
     db = _open(db_path, create=False)
     sid = store.resolve_id(db, session_id)
-    state = store.load_state(db, sid)
+    state = load_state(db, sid)
     Settings.from_dict({**state.settings, "temperature": temperature})  # validate first: a refusal writes nothing
     store.check_rollback(state, to_step)
     with store.session_lease(db, sid, purpose="rollback"):  # held from the rollback to the end of its run
@@ -830,7 +833,7 @@ def _calibrate(cfg, base, name, fixed, rate, dataset, limit, model, max_steps, m
     sids = [r["session_id"] for (policy, _), r in Bench(Path(out_dir), None, None).done().items() if policy == "local-only"]
     scores = []
     for sid in sids:  # replay the policy's own step score over each trace
-        state = store.load_state(db, sid)
+        state = load_state(db, sid)
         base.reset(state.problem)
         for i, s in enumerate(state.steps):
             if s.author == "local" and s.kind == "step":
@@ -884,19 +887,15 @@ def _learn(cfg, dataset, label, limit, model, max_steps, max_step_tokens, n_ctx,
 @json_option
 def policies(as_json):
     """List escalation policies with their parameters and defaults (config: [policy.NAME])."""
-    import inspect
-
     from triggers import POLICIES
+    from triggers.policies import policy_parameters
 
     from .config import load_config
 
     cfg = load_config()
     rows = []
     for name, cls in POLICIES.items():
-        params = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-                  if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-        if "tau" in params and params["tau"] is None:
-            params["tau"] = getattr(cls, "default_tau", None)
+        params = policy_parameters(name)
         doc = (cls.__doc__ or "").strip().split("\n")[0]
         rows.append({"name": name, "uses_cloud": cls.uses_cloud, "summary": doc, "parameters": params,
                      "configured": cfg.policy.get(name, {})})

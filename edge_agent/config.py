@@ -93,6 +93,16 @@ def config_path() -> Path:
     return Path(click.get_app_dir("edge-agent")) / "config.toml"
 
 
+def db_path() -> Path:
+    """The session database: ``$EDGE_AGENT_DB``, else ``edge-agent.db`` in click's app dir."""
+    env = os.environ.get("EDGE_AGENT_DB")
+    if env:
+        return Path(env).expanduser()
+    import click
+
+    return Path(click.get_app_dir("edge-agent")) / "edge-agent.db"
+
+
 def models_dir() -> Path:
     """Where trained models live: ``models/`` next to the config file (``tune --learn`` writes there)."""
     return config_path().parent / "models"

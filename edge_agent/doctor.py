@@ -148,7 +148,9 @@ def check_caps(cfg: Any, max_cost: float | None, db: Any, has_cloud: bool) -> tu
 
 
 def check_db(db_path: str | None) -> tuple[Any, Check]:
-    from store import default_path, open_db
+    from store import open_db
+
+    from .config import db_path as default_path
 
     path = Path(db_path).expanduser() if db_path else default_path()
     if not path.exists():
@@ -172,7 +174,7 @@ def diagnose(model: str | None, cloud_spec: str | None, base_url: str | None, of
     if db is not None:
         db.close()
     checks = [c_model, c_cloud, c_caps, c_db, c_config]
-    from store import default_path
+    from .config import db_path as default_path
 
     from .config import config_path
 

@@ -26,6 +26,7 @@ from typing import Any
 import store
 from triggers.learned import FEATURES, features
 
+from .state import load_state
 from .values import Step
 
 
@@ -41,7 +42,7 @@ def label_traces(agent: Any, db: Any, traces: list[dict[str, Any]], label: str, 
     """Features and labels of every local step of ``traces`` (bench rows of local-only runs)."""
     out = Labelled([], [], 0, 0)
     for row in traces:
-        state = store.load_state(db, row["session_id"])
+        state = load_state(db, row["session_id"])
         out.problems += 1
         for i, step in enumerate(state.steps):
             if step.author != "local" or step.kind != "step":

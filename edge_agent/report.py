@@ -7,6 +7,7 @@ from typing import Any
 
 import store
 
+from .state import load_state
 from .values import Usage
 
 
@@ -28,7 +29,7 @@ def usage_of(state: store.SessionState, calls: list[dict[str, Any]]) -> Usage:
 
 
 def session_report(db: Any, session_id: str, *, verbose: bool = True) -> dict[str, Any]:
-    state = store.load_state(db, session_id)
+    state = load_state(db, session_id)
     calls = store.cloud_calls(db, session_id)
     u = usage_of(state, calls)
     ratio = u.offload_ratio

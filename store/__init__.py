@@ -1,50 +1,36 @@
-"""SQLite session store: schema, migrations and repository functions. Knows nothing about models."""
+"""SQLite session store: schema, migrations and repository functions. Knows nothing about models.
 
-from . import ledger
-from .db import default_path, open_db
-from .repo import (
-    FINISHED,
-    add_wall_time,
-    SessionState,
-    check_rollback,
-    cloud_calls,
-    commit_step,
-    ensure_resumable,
-    events,
-    list_sessions,
-    load_state,
-    load_steps,
-    new_id,
-    new_session,
-    record_event,
-    resolve_id,
-    rollback_to,
-    session_lease,
-    set_status,
-    update_settings,
-)
+The public names load on first use (PEP 562), so ``store.errors`` can be imported without pulling
+in sqlite-utils: the CLI's error funnel needs the error classes long before any database.
+"""
 
-__all__ = [
-    "ledger",
-    "FINISHED",
-    "add_wall_time",
-    "SessionState",
-    "check_rollback",
-    "cloud_calls",
-    "commit_step",
-    "ensure_resumable",
-    "default_path",
-    "events",
-    "list_sessions",
-    "load_state",
-    "load_steps",
-    "new_id",
-    "new_session",
-    "open_db",
-    "record_event",
-    "resolve_id",
-    "rollback_to",
-    "session_lease",
-    "set_status",
-    "update_settings",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import SessionError, StoreError
+
+_HOMES = {
+    "ledger": None,
+    "open_db": "db",
+    "new_id": "txn", "now": "txn", "write_txn": "txn", "session_lease": "lease",
+    **{name: "repo" for name in ("FINISHED",
+        "add_wall_time", "SessionState", "check_rollback", "cloud_calls", "commit_step",
+        "ensure_resumable", "events", "list_sessions", "load_state", "load_steps", "new_session",
+        "record_event", "resolve_id", "rollback_to", "set_status", "update_settings",
+        "StepRow", "StepLike", "EventLike")},
+}
+
+__all__ = ["SessionError", "StoreError", *_HOMES]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'store' has no attribute {name!r}")
+    home = _HOMES[name]
+    value = importlib.import_module(f".{home or name}", __name__)
+    if home is not None:
+        value = getattr(value, name)
+    globals()[name] = value
+    return value

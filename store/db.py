@@ -8,11 +8,11 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from edge_agent.errors import StoreError
+from .errors import StoreError
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from .repo import new_id, now
+from .txn import new_id, now
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -206,16 +206,6 @@ TABLES = {
 INDEXES = {"m004_session_leases": ("steps_active_idx",)}  # the one-writer rule: without it, refuse
 
 
-def default_path() -> Path:
-    """``$EDGE_AGENT_DB``, else ``edge-agent.db`` in click's app dir."""
-    env = os.environ.get("EDGE_AGENT_DB")
-    if env:
-        return Path(env).expanduser()
-    import click
-
-    return Path(click.get_app_dir("edge-agent")) / "edge-agent.db"
-
-
 def _check_file(path: Path) -> None:
     if path.is_dir():
         raise StoreError(f"database path {path} is a directory: pass a file path with --db or EDGE_AGENT_DB")
@@ -342,7 +332,9 @@ def open_db(path: str | os.PathLike | None = None, *, create: bool = True) -> Da
     An existing file is first looked at read-only: another app's SQLite file or a damaged schema is
     refused before anything (mode, journal, tables, a ``.lock`` file) is changed.
     """
-    path = Path(path).expanduser() if path else default_path()
+    if not path:
+        raise StoreError("no database path given: pass --db or set EDGE_AGENT_DB")
+    path = Path(path).expanduser()
     _check_file(path)
     if path.exists():
         try:

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from .repo import new_id, now, write_txn
+from .txn import new_id, now, write_txn
 
 SCOPES = ("session", "day", "month")
 
@@ -57,29 +57,21 @@ def reserve(
 ) -> str | Denial:
     """Reserve ``amount_nusd`` unless that would break a cap. Returns the reservation id or a Denial."""
     ts = ts or now()
-    conn = db.conn
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_txn(db):  # the write lock is held from the cap check to the insert
         for scope in SCOPES:
             cap = caps_nusd.get(scope)
             if cap is None:
                 continue
             committed = _committed(db, scope, session_id, ts)
             if committed + amount_nusd > cap:
-                conn.execute("ROLLBACK")
-                return Denial(scope, cap, committed, amount_nusd)
+                return Denial(scope, cap, committed, amount_nusd)  # nothing was written
         rid = new_id()
-        conn.execute(
+        db.conn.execute(
             "INSERT INTO budget_reservations (id, session_id, purpose, provider, model, amount_nusd, status, pid, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?)",
             [rid, session_id, purpose, provider, model, amount_nusd, os.getpid(), ts],
         )
-        conn.execute("COMMIT")
-        return rid
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+    return rid
 
 
 def settle(
@@ -117,31 +109,16 @@ def settle(
             error = error or f"cost {cost_nusd} nUSD is more than the {reserved} reserved: booked at the reservation"
             cost_nusd, status = reserved, "overrun"
         db["budget_reservations"].update(reservation_id, {"status": "settled", "settled_at": now()})
-        db["cloud_calls"].insert(
-            {
-                "id": call_id,
-                "session_id": session_id,
-                "step_idx": step_idx,
-                "purpose": purpose,
-                "provider": provider,
-                "model": model,
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "cached_tokens": cached_tokens,
-                "cache_write_tokens": cache_write_tokens,
-                "cost_nusd": cost_nusd,
-                "would_be_nusd": cost_nusd,
-                "cost_usd": cost_nusd / 1e9,
-                "reserved_nusd": reserved,
-                "reservation_id": reservation_id,
-                "latency_s": round(latency_s, 4),
-                "status": status,
-                "error": error,
-                # the call counts in the day/month its reservation was taken, so a settle after
-                # midnight cannot move spend out from under yesterday's cap
-                "created_at": created,
-            }
-        )
+        db["cloud_calls"].insert({
+            "id": call_id, "session_id": session_id, "step_idx": step_idx, "purpose": purpose,
+            "provider": provider, "model": model, "input_tokens": input_tokens, "output_tokens": output_tokens,
+            "cached_tokens": cached_tokens, "cache_write_tokens": cache_write_tokens, "cost_nusd": cost_nusd,
+            "would_be_nusd": cost_nusd, "cost_usd": cost_nusd / 1e9, "reserved_nusd": reserved,
+            "reservation_id": reservation_id, "latency_s": round(latency_s, 4), "status": status, "error": error,
+            # the call counts in the day/month its reservation was taken, so a settle after
+            # midnight cannot move spend out from under yesterday's cap
+            "created_at": created,
+        })
     return call_id
 
 

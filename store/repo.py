@@ -2,69 +2,69 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sqlite3
-import threading
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
-from edge_agent.errors import SessionError
-from edge_agent.values import Signals, Step, TriggerEvent
 from sqlite_utils import Database
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_lock = threading.Lock()
-_last = [0, 0]  # ms, random part: keeps ids monotonic within a process
-
-
-@contextlib.contextmanager
-def write_txn(db: Database):
-    """A write transaction that takes the write lock up front (``BEGIN IMMEDIATE``).
-
-    sqlite-utils' ``atomic()`` opens a deferred transaction; in WAL mode a deferred transaction that
-    reads first and writes later fails at once with "database is locked" when another process wrote
-    in between. Taking the lock first makes concurrent writers wait (busy_timeout) instead.
-    """
-    if db.conn.in_transaction:  # nested: part of the caller's transaction
-        yield db
-        return
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        if db.conn.in_transaction:
-            db.conn.execute("ROLLBACK")
-        raise
-    else:
-        db.conn.execute("COMMIT")
-
-
-def new_id() -> str:
-    """A ULID-style id: 48-bit ms timestamp + 80 random bits, Crockford base32, sortable."""
-    with _lock:
-        ms = int(time.time() * 1000)
-        if ms <= _last[0]:
-            ms, rand = _last[0], _last[1] + 1
-        else:
-            rand = int.from_bytes(os.urandom(10), "big")
-        _last[0], _last[1] = ms, rand
-    value = (ms << 80) | (rand & ((1 << 80) - 1))
-    out = []
-    for _ in range(26):
-        out.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
+from .errors import SessionError
+from .lease import check_writer, session_lease
+from .txn import new_id, now, write_txn
 
 FINISHED = ("done", "ended", "max_steps", "context_full")
+
+
+
+class StepLike(Protocol):
+    """What ``commit_step`` reads of a step (the agent's ``Step`` has these)."""
+
+    index: int
+    author: str
+    kind: str
+    text: str
+    raw: str
+    token_ids: tuple[int, ...]
+    trigger: str | None
+    finish: str
+    seconds: float
+    id: str | None
+
+    @property
+    def tokens(self) -> int: ...
+
+    @property
+    def signals(self) -> Any: ...  # has ``to_dict()``
+
+
+class EventLike(Protocol):
+    """What ``record_event`` reads of a trigger event."""
+
+    trigger: str
+    score: float | None
+    threshold: float | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """A stored step as the store knows it: the exact text and tokens, and the signals as stored (a dict)."""
+
+    index: int
+    author: str
+    kind: str
+    text: str
+    raw: str
+    token_ids: tuple[int, ...]
+    signals: dict[str, Any] = field(default_factory=dict)
+    trigger: str | None = None
+    finish: str = "separator"
+    seconds: float = 0.0
+    id: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_ids)
 
 
 @dataclass
@@ -80,7 +80,7 @@ class SessionState:
     answer: str | None
     settings: dict[str, Any]
     created_at: str
-    steps: list[Step] = field(default_factory=list)  # active (not superseded), in order
+    steps: list[Any] = field(default_factory=list)  # active (not superseded), in order: StepRow here
     cloud_provider: str | None = None
     cloud_model: str | None = None
     wall_s: float = 0.0
@@ -122,10 +122,10 @@ def new_session(
 def commit_step(
     db: Database,
     session_id: str,
-    step: Step,
+    step: StepLike,
     *,
     evaluated: int = 0,
-    events: list[tuple[TriggerEvent, str]] = (),  # (event, action taken)
+    events: list[tuple[EventLike, str]] = (),  # (event, action taken)
     status: str = "running",
     answer: str | None = None,
     rollback_reason: str | None = None,
@@ -139,7 +139,7 @@ def commit_step(
     step_id = step.id or new_id()
     ts = now()
     with write_txn(db):
-        _check_writer(db, session_id)
+        check_writer(db, session_id)
         if rollback_reason is not None:
             _supersede(db, session_id, step.index, rollback_reason)
         db["steps"].insert(
@@ -168,7 +168,7 @@ def commit_step(
     return step_id
 
 
-def record_event(db: Database, session_id: str, step_idx: int, event: TriggerEvent, action: str) -> None:
+def record_event(db: Database, session_id: str, step_idx: int, event: EventLike, action: str) -> None:
     db["trigger_events"].insert(
         {
             "id": new_id(),
@@ -186,7 +186,7 @@ def record_event(db: Database, session_id: str, step_idx: int, event: TriggerEve
 
 def set_status(db: Database, session_id: str, status: str, answer: str | None = None) -> None:
     with write_txn(db):
-        _check_writer(db, session_id)
+        check_writer(db, session_id)
         db["sessions"].update(session_id, {"status": status, "answer": answer, "updated_at": now()})
 
 
@@ -221,15 +221,15 @@ def resolve_id(db: Database, prefix: str) -> str:
     return rows[0]
 
 
-def _step_from_row(row: dict[str, Any]) -> Step:
-    return Step(
+def _step_from_row(row: dict[str, Any]) -> StepRow:
+    return StepRow(
         index=row["idx"],
         author=row["author"],
         kind=row["kind"],
         text=row["text"],
         raw=row["raw"],
         token_ids=tuple(json.loads(row["token_ids"] or "[]")),
-        signals=Signals.from_dict(json.loads(row["signals"] or "{}")),
+        signals=json.loads(row["signals"] or "{}"),
         trigger=row["trigger"],
         finish=row["finish"] or "separator",
         seconds=row["seconds"] or 0.0,
@@ -334,124 +334,3 @@ def list_sessions(db: Database, limit: int = 50) -> list[dict[str, Any]]:
 
 # -- one writer per session -----------------------------------------------------------------------------
 #
-# A process that continues a session (run, resume, rollback) holds its row in ``session_leases``,
-# keyed by session, with its PID and the PID's start time. Another process is refused while the
-# holder lives; a holder that died (kill -9, power loss) is detected by its PID and its lease taken
-# over, as the ledger reclaims reservations. Within one process the holding thread may re-enter
-# (``rollback`` holds the session, then runs it); other threads are refused. Steps are also
-# protected by a unique index on (session, index) for active steps (migration m004).
-
-_leases_lock = threading.Lock()
-_held: dict[str, list[int]] = {}  # token -> [holding thread ident, depth], for leases this process holds
-
-
-@contextlib.contextmanager
-def session_lease(db: Database, session_id: str, purpose: str = "run"):
-    """Hold ``session_id`` as its only writer for the block; SessionError if a live process holds it."""
-    token = _acquire(db, session_id, purpose)
-    try:
-        yield token
-    finally:
-        _release(db, session_id, token)
-
-
-def _busy(session_id: str, pid: int) -> SessionError:
-    return SessionError(
-        f"session {session_id} is being continued by process {pid}: wait for it to finish, or stop it and try again"
-    )
-
-
-def _acquire(db: Database, session_id: str, purpose: str) -> str:
-    me, thread = os.getpid(), threading.get_ident()
-    with write_txn(db):
-        if db.execute("SELECT 1 FROM sessions WHERE id = ?", [session_id]).fetchone() is None:
-            raise SessionError(f"no session {session_id!r} in this database: see 'edge-agent sessions' for ids")
-        row = db.execute("SELECT pid, pid_start, token FROM session_leases WHERE session_id = ?", [session_id]).fetchone()
-        if row is not None:
-            pid, started, held_token = row
-            with _leases_lock:
-                mine = _held.get(held_token) if pid == me else None
-                if mine is not None:
-                    if mine[0] != thread:
-                        raise _busy(session_id, pid)
-                    mine[1] += 1
-                    return held_token
-            # our own PID with a token we never took: an earlier process that had this PID
-            if pid != me and _alive(pid, started):
-                raise _busy(session_id, pid)
-        token = new_id()
-        with _leases_lock:  # known before it commits: a thread of ours must never see it as stale
-            _held[token] = [thread, 1]
-        try:
-            db.execute(
-                "INSERT OR REPLACE INTO session_leases (session_id, pid, pid_start, token, purpose, acquired_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [session_id, me, _proc_start(me), token, purpose, now()],
-            )
-        except BaseException:
-            with _leases_lock:
-                _held.pop(token, None)
-            raise
-    return token
-
-
-def _release(db: Database, session_id: str, token: str) -> None:
-    with _leases_lock:
-        entry = _held.get(token)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] > 0:
-            return
-        del _held[token]
-    try:
-        with write_txn(db):
-            db.execute("DELETE FROM session_leases WHERE session_id = ? AND token = ?", [session_id, token])
-    except sqlite3.Error:
-        pass  # left behind, the row names this process: others take it over once it exits
-
-
-def _check_writer(db: Database, session_id: str) -> None:
-    """Inside a write transaction: refuse if another holder has the session (its lease was taken over)."""
-    row = db.execute("SELECT pid, token FROM session_leases WHERE session_id = ?", [session_id]).fetchone()
-    if row is None:
-        return  # nobody holds it: a direct store call (tests, tools)
-    with _leases_lock:
-        mine = _held.get(row[1])
-    if mine is None or mine[0] != threading.get_ident():
-        raise _busy(session_id, row[0])
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks) from /proc, or None where there is no /proc or no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        fields = data[data.rindex(b")") + 2:].split()  # the name may hold spaces and parentheses
-        return fields[0].decode(), int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _proc_start(pid: int) -> int | None:
-    stat = _proc_stat(pid)
-    return stat[1] if stat else None
-
-
-def _alive(pid: int | None, started: int | None) -> bool:
-    """Whether the process that took a lease still runs: its PID exists, is no zombie, and was not reused."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: it exists
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True  # no /proc: trust the PID
-    state, start = stat
-    if state in ("Z", "X"):
-        return False
-    return started is None or start == started

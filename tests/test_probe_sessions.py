@@ -225,7 +225,7 @@ def test_a_live_holder_blocks_a_dead_or_reused_pid_does_not(db, tmp_path):
     sid = _session(db, _script(tmp_path), status="running")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        start = store.repo._proc_start(holder.pid)
+        start = store.lease.proc_start(holder.pid)
         db["session_leases"].insert({"session_id": sid, "pid": holder.pid, "pid_start": start, "token": "T",
                                      "purpose": "run", "acquired_at": "x"})
         with pytest.raises(SessionError, match=f"being continued by process {holder.pid}"):

@@ -53,7 +53,7 @@ def test_commit_and_load_state_round_trip(db):
     state = store.load_state(db, sid)
     assert [s.text for s in state.steps] == ["step 0", "step 1", "step 2"]
     assert [s.token_ids for s in state.steps] == [(0, 1), (1, 2), (2, 3)]
-    assert state.steps[0].signals == Signals(n_tokens=2, mean_entropy=0.5, min_top1=0.25)
+    assert state.steps[0].signals == Signals(n_tokens=2, mean_entropy=0.5, min_top1=0.25).to_dict()  # stored as data
     assert state.steps[0].raw == "step 0\n\n"
     assert (state.status, state.answer, state.settings) == ("done", "3", {"max_steps": 4})
     [e] = store.events(db, sid)
@@ -145,3 +145,23 @@ def test_a_nested_write_transaction_joins_the_outer_one(db):
         with write_txn(db):
             db["sessions"].update(sid, {"answer": "5"})
     assert store.load_state(db, sid).answer == "5" and not db.conn.in_transaction
+
+
+def test_a_failed_inner_write_transaction_undoes_only_itself(db):
+    """Nested ``write_txn`` is a SAVEPOINT: the outer block goes on and commits its own writes."""
+    from store.repo import write_txn
+
+    sid = store.new_session(db, problem="p", model="m", model_path="x", policy="local-only", settings={})
+    with write_txn(db):
+        db["sessions"].update(sid, {"status": "ended"})
+        with pytest.raises(RuntimeError):
+            with write_txn(db):
+                db["sessions"].update(sid, {"answer": "4"})
+                raise RuntimeError("the inner block fails")
+        assert db.conn.in_transaction  # the outer transaction is still open
+        with write_txn(db):
+            with write_txn(db):
+                db["sessions"].update(sid, {"updated_at": "later"})
+    state = store.load_state(db, sid)
+    assert (state.status, state.answer) == ("ended", None) and not db.conn.in_transaction
+    assert db.execute("SELECT updated_at FROM sessions WHERE id = ?", [sid]).fetchone()[0] == "later"

@@ -13,7 +13,7 @@ import store
 from cloud.client import make_cloud
 from cloud.pricing import Price
 from edge_agent.agent import Agent, Settings
-from edge_agent.errors import InputError
+from triggers.errors import PolicyError
 from edge_agent.values import Signals, Step
 from tests.conftest import ROBE, run_cli
 from triggers import get_policy
@@ -44,7 +44,7 @@ def test_trim_thr_uses_the_paid_score_it_needs(scorer):
     assert e.detail["scorer"] == "logprob" and "not supplied" in e.detail["fallback"] and not e.fired
     assert get_policy(f"trim-thr(scorer={scorer})").tau == 0.5  # a probability: default 0.5
     assert get_policy("trim-thr").needs == () and get_policy("trim-thr").tau == 0.68
-    with pytest.raises(InputError, match="scorer must be one of logprob, self, cloud-judge"):
+    with pytest.raises(PolicyError, match="scorer must be one of logprob, self, cloud-judge"):
         get_policy("trim-thr(scorer=vibes)")
 
 
@@ -146,7 +146,7 @@ def test_learned_model_round_trips_through_versioned_json(tmp_path):
     good = [loaded.predict(r) for r, y in zip(rows, labels) if y]
     bad = [loaded.predict(r) for r, y in zip(rows, labels) if not y]
     assert sum(good) / len(good) > 0.7 > 0.3 > sum(bad) / len(bad)
-    with pytest.raises(InputError, match="all 3 labelled steps are correct"):
+    with pytest.raises(PolicyError, match="all 3 labelled steps are correct"):
         fit(rows[:3], [1, 1, 1])
 
 

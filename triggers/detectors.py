@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from edge_agent.values import Step, TriggerEvent
+from .types import Step, TriggerEvent
 
 _NUM = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)*(?:/\d+)?")
 _OPS = re.compile(r"[=+\-*/×÷^]|\\(?:frac|times|cdot|sqrt|div)|\b(?:times|plus|minus|divided|multiplied|sum|product|total of)\b")

@@ -13,12 +13,13 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.values import Step
+from .errors import PolicyError
+from .types import Step
 
 from .scorers import logprob_score
 
@@ -41,10 +42,18 @@ def features(steps: Sequence[Step], step: Step) -> list[float]:
             float(len(cloud)), float(sum(s.tokens for s in cloud))]
 
 
-def models_dir() -> Path:
-    from edge_agent.config import models_dir
+_models_dir: list[Callable[[], Path]] = []  # set by the application: it knows where its config lives
 
-    return models_dir()
+
+def use_models_dir(where: Callable[[], Path]) -> None:
+    """Tell this package where saved models live (``latest`` and ``vN`` are looked up there)."""
+    _models_dir[:] = [where]
+
+
+def models_dir() -> Path:
+    if not _models_dir:
+        raise PolicyError("no models directory is configured for trim-learned: pass model=PATH")
+    return _models_dir[0]()
 
 
 @dataclass(frozen=True)
@@ -77,12 +86,10 @@ class LearnedModel:
 def fit(rows: Sequence[Sequence[float]], labels: Sequence[int], *, c: float = 1.0,
         training: dict[str, Any] | None = None) -> LearnedModel:
     """Standardize, fit a logistic regression (label 1 = the step is correct). Imports scikit-learn."""
-    from edge_agent.errors import InputError
-
     if len(rows) != len(labels) or not rows:
-        raise InputError("no labelled steps to learn from: use more problems (--limit)")
+        raise PolicyError("no labelled steps to learn from: use more problems (--limit)")
     if len(set(labels)) < 2:
-        raise InputError(f"all {len(labels)} labelled steps are {'correct' if labels[0] else 'wrong'}: "
+        raise PolicyError(f"all {len(labels)} labelled steps are {'correct' if labels[0] else 'wrong'}: "
                          "a classifier needs both kinds; use more or harder problems (--limit)")
     import numpy as np
     import sklearn
@@ -134,29 +141,27 @@ MAX_MODEL_BYTES = 1 << 20  # a model is a few hundred numbers
 
 def load_model(ref: str = "latest", directory: Path | None = None) -> LearnedModel:
     """``latest``, ``vN`` (in the models dir) or a path to a model JSON file."""
-    from edge_agent.errors import InputError
-
     directory = directory or models_dir()
     hint = "train one with 'edge-agent tune --learn --dataset FILE'"
     if ref == "latest":
         versions = _versions(directory)
         if not versions:
-            raise InputError(f"no trim-learned model in {directory}: {hint}")
+            raise PolicyError(f"no trim-learned model in {directory}: {hint}")
         path = versions[max(versions)]
     elif re.fullmatch(r"v\d+", ref):
         path = directory / f"{PREFIX}{ref[1:]}.json"
     else:
         path = Path(ref).expanduser()
     if path.exists() and not path.is_file():  # a FIFO or a device: reading could block or never end
-        raise InputError(f"trim-learned model {path} is not a regular file: pass a model JSON file")
+        raise PolicyError(f"trim-learned model {path} is not a regular file: pass a model JSON file")
     if path.is_file() and path.stat().st_size > MAX_MODEL_BYTES:
-        raise InputError(f"trim-learned model {path} is over {MAX_MODEL_BYTES:,} bytes: not a model file")
+        raise PolicyError(f"trim-learned model {path} is over {MAX_MODEL_BYTES:,} bytes: not a model file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"no trim-learned model at {path}: {hint}") from None
+        raise PolicyError(f"no trim-learned model at {path}: {hint}") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"cannot read trim-learned model {path} ({type(e).__name__}): {hint}") from None
+        raise PolicyError(f"cannot read trim-learned model {path} ({type(e).__name__}): {hint}") from None
     try:
         if data["format"] != FORMAT or tuple(data["features"]) != FEATURES:
             raise ValueError("format")
@@ -169,7 +174,7 @@ def load_model(ref: str = "latest", directory: Path | None = None) -> LearnedMod
                              intercept=float(data["intercept"]), version=int(data.get("version") or 0),
                              training=data.get("training") or {})
     except (KeyError, TypeError, ValueError):
-        raise InputError(f"trim-learned model {path} does not match this version's features: {hint}") from None
+        raise PolicyError(f"trim-learned model {path} does not match this version's features: {hint}") from None
     version_ref = f"v{model.version}" if path.parent == directory and path.name == f"{PREFIX}{model.version}.json" else str(path)
     from dataclasses import replace
 

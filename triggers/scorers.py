@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.values import Signals, Step
+from .types import Signals, Step
 
 MODEL_SCORERS = ("self", "cloud-judge")  # computed by the agent, not from signals
 
