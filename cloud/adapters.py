@@ -143,9 +143,25 @@ def sdk_error(sdk: Any, e: Exception, key_env: str, base_url: str) -> CloudError
         return CloudError(f"the cloud rejected the API key (401): check {key_env}", "auth", opens_breaker=True)
     if isinstance(e, sdk.APIStatusError):
         code = e.status_code
-        return CloudError(f"the cloud answered HTTP {code}", f"http_{code}", opens_breaker=code >= 500 or code == 529)
+        err = CloudError(f"the cloud answered HTTP {code}", f"http_{code}", opens_breaker=code >= 500 or code == 529)
+        err.detail = str(getattr(e, "message", "") or "")[:300]  # the provider's own words (e.g. what it refused)
+        return err
     # malformed JSON, a truncated body, a response that fails validation
     return CloudError(f"the cloud sent a malformed response ({type(e).__name__})", "malformed", opens_breaker=True, billed=True)
+
+
+CONTINUE_FLAGS = {"continue_final_message": True, "add_generation_prompt": False}
+
+
+def prefill_turns(messages: Sequence[dict[str, str]], prefill: bool) -> tuple[list[dict[str, str]], bool]:
+    """The messages to send and whether they end in a prefill: an empty final assistant message is
+    dropped (continuing nothing is starting the turn)."""
+    messages = list(messages)
+    if not prefill or not messages or messages[-1]["role"] != "assistant":
+        return messages, False
+    if not messages[-1]["content"].strip():
+        return messages[:-1], False
+    return messages, True
 
 
 class OpenAIAdapter:
@@ -171,8 +187,11 @@ class OpenAIAdapter:
         ), self.base_url, "OPENAI_BASE_URL")
 
     def complete(self, messages: Sequence[dict[str, str]], *, max_tokens: int, stop: Sequence[str] = (),
-                 top_logprobs: int = 0) -> RawReply:
+                 top_logprobs: int = 0, prefill: bool = False) -> RawReply:
+        """``prefill``: continue the final assistant message (vLLM/SGLang ``continue_final_message``;
+        llama.cpp's server and ``edge-agent cloud-local`` do the same), instead of starting a new turn."""
         oa = self._openai
+        messages, prefill = prefill_turns(messages, prefill)
         try:
             resp = self.client.chat.completions.create(
                 model=self.model,
@@ -181,6 +200,7 @@ class OpenAIAdapter:
                 temperature=0,
                 **({"stop": list(stop)[:4]} if stop else {}),
                 **({"logprobs": True, "top_logprobs": top_logprobs} if top_logprobs else {}),
+                **({"extra_body": CONTINUE_FLAGS} if prefill else {}),
             )
         except Exception as e:
             raise sdk_error(oa, e, "OPENAI_API_KEY", str(self.client.base_url)) from None
@@ -249,9 +269,15 @@ class AnthropicAdapter:
         return system, turns
 
     def complete(self, messages: Sequence[dict[str, str]], *, max_tokens: int, stop: Sequence[str] = (),
-                 top_logprobs: int = 0) -> RawReply:
-        """The Messages API gives no logprobs: ``top_logprobs`` is accepted and the reply has none."""
+                 top_logprobs: int = 0, prefill: bool = False) -> RawReply:
+        """The Messages API gives no logprobs: ``top_logprobs`` is accepted and the reply has none.
+
+        A final assistant message is a prefill: the reply continues it. The API refuses trailing
+        whitespace there, so the prefix is sent without it (the reply is cut at the blank line anyway)."""
         an = self._anthropic
+        messages, prefill = prefill_turns(messages, prefill)
+        if prefill:
+            messages = [*messages[:-1], {"role": "assistant", "content": messages[-1]["content"].rstrip()}]
         system, turns = self._shape(messages)
         # The API refuses whitespace-only stop sequences; the caller cuts at the blank line itself.
         stops = [s for s in stop if s.strip()]

@@ -40,10 +40,13 @@ class Cloud:
         purpose: str,
         step_idx: int | None = None,
         stop: Sequence[str] = (),
+        prefill: bool = False,
     ) -> CloudReply:
-        """Reserve, call, settle. Raises BudgetDenied (nothing sent) or CloudError (settled and recorded)."""
+        """Reserve, call, settle. Raises BudgetDenied (nothing sent) or CloudError (settled and recorded).
+
+        ``prefill``: the reply continues the final assistant message (continuation mode)."""
         return self._call(messages, max_tokens=max_tokens, budget=budget, purpose=purpose, step_idx=step_idx,
-                          stop=stop)[0]
+                          stop=stop, prefill=prefill)[0]
 
     def judge(self, messages: Sequence[dict[str, str]], *, budget: Budget, purpose: str = "judge",
               step_idx: int | None = None, top_logprobs: int = 10) -> tuple[CloudReply, list[tuple[str, float]] | None]:
@@ -57,10 +60,11 @@ class Cloud:
 
     def _call(self, messages: Sequence[dict[str, str]], *, max_tokens: int, budget: Budget, purpose: str,
               step_idx: int | None, stop: Sequence[str], top_logprobs: int = 0,
-              cacheable: bool = True) -> tuple[CloudReply, list[tuple[str, float]] | None]:
+              cacheable: bool = True, prefill: bool = False) -> tuple[CloudReply, list[tuple[str, float]] | None]:
         key = None
         if self.cache and cacheable:
-            key = request_key(self.provider, self.model, getattr(self.adapter, "base_url", None), messages, max_tokens, stop)
+            key = request_key(self.provider, self.model, getattr(self.adapter, "base_url", None), messages, max_tokens,
+                              stop, prefill)
             hit = budget.cache_get(key)
             if hit is not None:
                 return self._replay(hit, budget, purpose, step_idx), None
@@ -70,10 +74,13 @@ class Cloud:
             purpose=purpose, provider=self.provider, model=self.model, price=self.price,
             input_tokens=estimate_input_tokens(list(messages)), max_tokens=max_tokens,
         )
-        record = {"step_idx": step_idx, "purpose": purpose, "provider": self.provider, "model": self.model}
+        record = {"step_idx": step_idx, "purpose": purpose, "provider": self.provider, "model": self.model,
+                  "mode": "continuation" if prefill else None}
         t0 = time.perf_counter()
         try:
             extra = {"top_logprobs": top_logprobs} if top_logprobs else {}
+            if prefill:
+                extra["prefill"] = True
             raw = self.adapter.complete(messages, max_tokens=max_tokens, stop=stop, **extra)
             usage = None if raw.usage is None else checked_usage(raw.usage)  # impossible counts: malformed, billed
         except BaseException as e:
@@ -131,13 +138,14 @@ def _usage4(u: dict[str, Any]) -> dict[str, int]:
 
 
 def request_key(provider: str, model: str, base_url: str | None, messages: Sequence[dict[str, str]],
-                max_tokens: int, stop: Sequence[str]) -> str:
+                max_tokens: int, stop: Sequence[str], prefill: bool = False) -> str:
     """The response-cache key: a hash of the exact request."""
     import hashlib
     import json
 
     body = json.dumps({"provider": provider, "model": model, "base_url": base_url, "messages": list(messages),
-                       "max_tokens": max_tokens, "stop": list(stop)}, sort_keys=True, ensure_ascii=False)
+                       "max_tokens": max_tokens, "stop": list(stop), **({"prefill": True} if prefill else {})},
+                      sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 

@@ -15,6 +15,7 @@ class CloudError(Exception):
         self.kind = kind
         self.opens_breaker = opens_breaker
         self.billed = billed  # the request reached the provider and may have been charged
+        self.detail = ""  # what the provider said, when it said something (an HTTP error's message)
 
 
 class BudgetDenied(Exception):

@@ -12,11 +12,14 @@ from triggers import Policy, get_policy
 from triggers.scorers import MODEL_SCORERS, Score, Spend, StepInputs
 
 from .answer import extract_answer
+from .cloud_steps import CloudActions, parse_intervention, resolve_continuation
 from .errors import InputError
 from .local import LocalModel
+from .prompts import messages
 from .state import load_state
-from .prompts import cloud_step_messages, intervene_messages, messages, plan_messages, solve_messages
 from .values import Action, Step, TriggerEvent
+
+__all__ = ["Agent", "Callbacks", "RunResult", "Settings", "check_problem", "parse_intervention"]
 
 MAX_PROBLEM_BYTES = 64_000
 MAX_N_CTX = 1 << 20  # llama.cpp allocates the whole KV cache up front: beyond this no laptop holds it
@@ -84,7 +87,7 @@ class RunResult:
     new_steps: list[Step] = field(default_factory=list)
 
 
-class Agent:
+class Agent(CloudActions):
     """Solves a problem step by step on the local model; the policy decides where the cloud helps.
 
     Control always returns to the local model after a cloud action.
@@ -99,6 +102,7 @@ class Agent:
         cloud: Any = None,
         caps: Any = None,
         offline: bool = False,
+        continuation: str = "auto",
     ) -> None:
         from cloud.budget import Caps
 
@@ -108,6 +112,8 @@ class Agent:
         self.cloud = None if offline else cloud
         self.caps = caps or Caps()
         self.offline = offline
+        # how cloud steps are asked for; a session keeps the mode it started with (resume uses it)
+        self.continuation = resolve_continuation(continuation, self.cloud)
 
     def start(self, problem: str, settings: Settings, extra: dict[str, Any] | None = None) -> str:
         """Validate, check the context, and create the session. Nothing is written if this fails.
@@ -123,7 +129,7 @@ class Agent:
             model=self.model.name,
             model_path=str(self.model.path),
             policy=self.policy.label,
-            settings={**asdict(settings), "offline": self.offline, **(extra or {})},
+            settings={**asdict(settings), "offline": self.offline, "continuation": self.continuation, **(extra or {})},
             cloud_provider=self.cloud.provider if self.cloud else None,
             cloud_model=self.cloud.model if self.cloud else None,
         )
@@ -134,115 +140,7 @@ class Agent:
         return self.run(sid, callbacks)
 
     # -- cloud actions ------------------------------------------------------------------------------
-    def _budget(self, session_id: str) -> Any:
-        from cloud.budget import Budget
 
-        return Budget(self.db, self.caps, session_id)
-
-    def _ask(self, session_id: str, msgs: list[dict[str, str]], *, purpose: str, step_idx: int,
-             max_tokens: int, events: list, stop: Any = None) -> Any:
-        """One cloud call; on refusal or failure, record why and return None (the local model goes on)."""
-        return self._guarded(purpose, events, lambda: self.cloud.call(
-            msgs, max_tokens=max_tokens, budget=self._budget(session_id), purpose=purpose, step_idx=step_idx,
-            stop=stop if stop is not None else (["\n\n"] if purpose != "intervene" else [])))
-
-    def _guarded(self, purpose: str, events: list, call: Callable[[], Any]) -> Any:
-        """Run one cloud call; on no cloud, refusal or failure, record why as an event and return None."""
-        from .errors import BudgetDenied, CloudError
-
-        if self.cloud is None:
-            reason = "offline" if self.offline else "no cloud configured"
-            events.append((TriggerEvent("cloud_unavailable", True, detail={"purpose": purpose, "reason": reason}), "keep_local"))
-            return None
-        try:
-            got = call()
-        except BudgetDenied as e:
-            events.append((TriggerEvent("budget_denied", True, score=e.committed_usd + e.needed_usd, threshold=e.cap_usd,
-                                        detail={"purpose": purpose, "scope": e.scope, "message": str(e)}), "keep_local"))
-            return None
-        except CloudError as e:
-            name = "cloud_unavailable" if (e.opens_breaker or e.kind == "circuit_open") else "cloud_error"
-            events.append((TriggerEvent(name, True, detail={"purpose": purpose, "kind": e.kind, "message": str(e)}), "keep_local"))
-            return None
-        reply = got[0] if isinstance(got, tuple) else got  # judge returns (reply, logprobs)
-        if getattr(reply, "status", "ok") == "overrun":  # the provider claimed more than was reserved
-            claimed = reply.cost_usd + reply.overrun_usd
-            events.append((TriggerEvent("cloud_overrun", True, score=claimed, threshold=reply.cost_usd,
-                                        detail={"purpose": purpose, "reported_usd": claimed,
-                                                "booked_usd": reply.cost_usd}), "accept"))
-        return got
-
-    def _as_step(self, text: str, index: int, kind: str, trigger: str | None, seconds: float, finish: str) -> Step:
-        raw = text + "\n\n"
-        return Step(index=index, author="cloud", kind=kind, text=text, raw=raw,
-                    token_ids=tuple(self.model.tokenize(raw)), trigger=trigger, finish=finish, seconds=seconds)
-
-    def rewrite_step(self, session_id: str, problem: str, steps: list[Step], index: int, trigger: str | None,
-                     events: list, max_tokens: int = 256) -> Step | None:
-        """The cloud writes only step ``index``; None if it could not (the reason is in ``events``)."""
-        reply = self._ask(session_id, cloud_step_messages(problem, steps), purpose="rewrite_step",
-                          step_idx=index, max_tokens=max_tokens, events=events)
-        if reply is None:
-            return None
-        text = reply.text.strip().split("\n\n", 1)[0].strip()
-        if not text:
-            events.append((TriggerEvent("cloud_error", True, detail={"purpose": "rewrite_step", "kind": "empty"}), "keep_local"))
-            return None
-        finish = "answer" if extract_answer(text) is not None else "separator"
-        return self._as_step(text, index, "step", trigger, reply.latency_s, finish)
-
-    def plan(self, session_id: str, problem: str, events: list, max_tokens: int = 96) -> Step | None:
-        """Strategic initiation: a short plan (no calculations) as step 0, authored by the cloud."""
-        reply = self._ask(session_id, plan_messages(problem), purpose="plan", step_idx=0,
-                          max_tokens=max_tokens, events=events)
-        if reply is None or not reply.text.strip():
-            return None
-        return self._as_step("Plan:\n" + reply.text.strip(), 0, "plan", "strategic_initiation", reply.latency_s, "separator")
-
-    def intervene(self, session_id: str, problem: str, steps: list[Step], events: list,
-                  max_tokens: int = 256) -> tuple[int | None, str] | None:
-        """Ask the cloud to review the trace: (first_wrong_step or None, next_step), or None on failure.
-
-        Invalid JSON is re-asked once, then given up cleanly.
-        """
-        msgs = intervene_messages(problem, steps)
-        for attempt in range(2):
-            reply = self._ask(session_id, msgs, purpose="intervene", step_idx=len(steps), max_tokens=max_tokens, events=events)
-            if reply is None:
-                return None
-            parsed = parse_intervention(reply.text, len(steps))
-            if parsed is not None:
-                return parsed
-            msgs = msgs + [
-                {"role": "assistant", "content": reply.text},
-                {"role": "user", "content": 'That was not valid. Reply with JSON only: {"first_wrong_step": K or null, "next_step": "..."}'},
-            ]
-        events.append((TriggerEvent("cloud_error", True, detail={"purpose": "intervene", "kind": "invalid_json"}), "keep_local"))
-        return None
-
-    def solve_in_cloud(self, session_id: str, problem: str, index: int, max_steps: int, events: list,
-                       max_tokens: int = 1024) -> list[Step]:
-        """The large model alone: one call for the whole solution, split into steps at blank lines."""
-        reply = self._ask(session_id, solve_messages(problem), purpose="solve", step_idx=index,
-                          max_tokens=max_tokens, events=events, stop=())
-        if reply is None:
-            return []
-        parts = [p.strip() for p in reply.text.strip().split("\n\n") if p.strip()]
-        if not parts:
-            events.append((TriggerEvent("cloud_error", True, detail={"purpose": "solve", "kind": "empty"}), "keep_local"))
-            return []
-        for n, part in enumerate(parts):  # stop at the first stated answer
-            if extract_answer(part) is not None:
-                parts = parts[: n + 1]
-                break
-        if len(parts) > max_steps:  # the step cap holds: the tail becomes one last step
-            parts = parts[: max_steps - 1] + ["\n".join(parts[max_steps - 1:])]
-        share = reply.latency_s / len(parts)
-        return [self._as_step(part, index + n, "step", "cloud_only", share,
-                              "answer" if extract_answer(part) is not None else "separator")
-                for n, part in enumerate(parts)]
-
-    # -- the loop -------------------------------------------------------------------------------------
     def run(self, session_id: str, callbacks: Callbacks | None = None) -> RunResult:
         """Continue a session from its last committed step until it finishes.
 
@@ -259,7 +157,8 @@ class Agent:
         t0 = time.perf_counter()
         self.model.reseed(settings.seed)
         self.policy.reset(state.problem)
-        r = _Run(session_id, state.problem, settings, list(state.steps), callbacks or Callbacks())
+        r = _Run(session_id, state.problem, settings, list(state.steps), callbacks or Callbacks(),
+                 continuation=state.settings.get("continuation") == "on")
         r.prompt = self.model.prompt_tokens(messages(state.problem))
         while r.status == "running":
             if sum(1 for s in r.steps if s.kind != "plan") >= settings.max_steps:
@@ -293,7 +192,7 @@ class Agent:
         if pre.kind == "plan":
             step = self.plan(r.sid, r.problem, events)
         else:
-            step = self.rewrite_step(r.sid, r.problem, r.steps, index, pre.trigger, events, r.settings.max_step_tokens)
+            step = self._cloud_step(r, index, pre.trigger, events)
         if step is None:
             return False
         self._commit(r, step, events)
@@ -334,27 +233,48 @@ class Agent:
         if r.cb.step_end:
             r.cb.step_end(step)
         replaced = (TriggerEvent("local_draft", True, detail={"text": step.text[:2000], "tokens": step.tokens}), "replaced")
+        if not self._act(r, step, action, events, replaced):
+            self._commit(r, step, events, evaluated=evaluated)  # the cloud could not act: the draft stands
+
+    def _act(self, r: "_Run", step: Step, action: Action, events: list, replaced: tuple) -> bool:
+        """Carry out a cloud action in place of the local draft ``step``; False if the cloud could not."""
+        index = step.index
         if action.kind == "plan":
             plan = self.plan(r.sid, r.problem, events)
             if plan is not None:  # the draft is dropped; the local model starts again with the plan
                 self._commit(r, plan, events + [replaced])
-                return
-        elif action.kind == "intervene":
+            return plan is not None
+        if action.kind == "intervene":
             verdict = self.intervene(r.sid, r.problem, r.steps + [step], events, r.settings.max_step_tokens)
-            if verdict is not None:
-                k, text = verdict
-                back = k if k is not None and k < index and r.steps[k].kind != "plan" else None
-                at = index if back is None else back
-                written = self._as_step(text, at, "intervention", action.trigger or "loop", 0.0,
-                                        "answer" if extract_answer(text) is not None else "separator")
-                self._commit(r, written, events + [replaced], rollback=back)
-                return
-        else:
-            written = self.rewrite_step(r.sid, r.problem, r.steps, index, action.trigger, events, r.settings.max_step_tokens)
-            if written is not None:
-                self._commit(r, written, events + [replaced])
-                return
-        self._commit(r, step, events, evaluated=evaluated)
+            if verdict is None:
+                return False
+            k, text = verdict
+            back = k if k is not None and k < index and r.steps[k].kind != "plan" else None
+            written = self._as_step(text, index if back is None else back, "intervention", action.trigger or "loop",
+                                    0.0, "answer" if extract_answer(text) is not None else "separator")
+            self._commit(r, written, events + [replaced], rollback=back)
+            return True
+        if action.kind == "handover":
+            left = r.settings.max_steps - sum(1 for s in r.steps if s.kind != "plan")
+            steps = self.handover(r.sid, r.problem, r.steps, index, left, events,
+                                  max_tokens=min(r.settings.max_step_tokens * left, 768), trigger=action.trigger,
+                                  continuation=r.continuation)
+            for n, written in enumerate(steps):
+                self._commit(r, written, events + [replaced] if n == 0 else [])
+            return bool(steps)
+        written = self._cloud_step(r, index, action.trigger, events)
+        if written is not None:
+            self._commit(r, written, events + [replaced])
+        return written is not None
+
+    def _cloud_step(self, r: "_Run", index: int, trigger: str | None, events: list) -> Step | None:
+        """The cloud writes step ``index`` in the session's mode; a refused prefill turns the mode off for good."""
+        written = self.rewrite_step(r.sid, r.problem, r.steps, index, trigger, events, r.settings.max_step_tokens,
+                                    continuation=r.continuation)
+        if r.continuation and any(e.trigger == "continuation_refused" for e, _ in events):
+            r.continuation = False
+            store.update_settings(self.db, r.sid, {"continuation": "off", "continuation_refused": True})
+        return written
 
     # -- what a policy needs before check ---------------------------------------------------------------
     def _step_inputs(self, r: "_Run", context: list[int], step: Step, needs: tuple[str, ...],
@@ -387,24 +307,6 @@ class Agent:
                   "evaluated": v.evaluated, "seconds": round(v.seconds, 4)}
         return Score(self_score(v.p_yes, v.p_no), "self", detail), v.seconds, v.evaluated
 
-    def judge_score(self, session_id: str, problem: str, steps: list[Step], step: Step, events: list) -> Score:
-        """The cloud's 0-9 rating of ``step`` as a score; the logprob score if the cloud is refused or down."""
-        from triggers.scorers import digit_score, judge_messages, logprob_score
-
-        got = self._guarded("judge", events, lambda: self.cloud.judge(
-            judge_messages(problem, steps, step), budget=self._budget(session_id), step_idx=step.index))
-        if got is not None:
-            reply, top = got
-            rated = digit_score(top, reply.text)
-            if rated is not None:
-                value, detail = rated
-                return Score(value, "cloud-judge", {**detail, "input_tokens": reply.input_tokens,
-                                                    "output_tokens": reply.output_tokens, "cost_usd": reply.cost_usd})
-            reason = f"judge: no digit in {reply.text[:20]!r}"
-        else:
-            last = events[-1][0] if events else None
-            reason = f"judge: {last.trigger if last is not None else 'no reply'}"
-        return Score(logprob_score(step.signals), "logprob", {"fallback": reason})
 
     def _spend(self, session_id: str) -> Spend:
         calls = store.cloud_calls(self.db, session_id)
@@ -450,6 +352,7 @@ class _Run:
     new: list[Step] = field(default_factory=list)
     status: str = "running"
     answer: str | None = None
+    continuation: bool = False  # cloud steps continue the edge's turn (off after a provider refused it)
 
     def context(self) -> list[int]:
         tokens = list(self.prompt)
@@ -458,23 +361,3 @@ class _Run:
         return tokens
 
 
-def parse_intervention(text: str, n_steps: int) -> tuple[int | None, str] | None:
-    """Validate the cloud's ``{"first_wrong_step": k|null, "next_step": "..."}``; None if invalid."""
-    import json
-    import re
-
-    m = re.search(r"\{.*\}", text, re.DOTALL)
-    if not m:
-        return None
-    try:
-        data = json.loads(m.group(0))
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    k, nxt = data.get("first_wrong_step"), data.get("next_step")
-    if not isinstance(nxt, str) or not nxt.strip():
-        return None
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < max(n_steps, 1)):
-        return None
-    return k, nxt.strip()

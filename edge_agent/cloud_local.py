@@ -1,4 +1,4 @@
-"""A real OpenAI-compatible server on loopback (llama-cpp-python's), to stand in for a cloud model."""
+"""A real OpenAI-compatible server on loopback (llama-cpp-python's, with prefill: edge_agent.cloud_server), to stand in for a cloud model."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def start_server(model_path: Path, *, port: int | None = None, alias: str = "loc
     port = port or free_port()
     # No --cache: llama-cpp-python's RAM cache stores whole context states and was OOM-killed at
     # 22 GB here; the server's single context already reuses the longest common prompt prefix.
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "edge_agent.cloud_server", "--model", str(model_path), "--host", "127.0.0.1",
            "--port", str(port), "--model_alias", alias, "--n_ctx", str(n_ctx)]
     threads = n_threads or os.cpu_count() or 1  # the server's own default is half the cores
     cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]

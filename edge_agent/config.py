@@ -7,6 +7,7 @@
     timeout_s = 60
     max_retries = 2
     cooldown_s = 60
+    continuation = "auto"          # cloud steps continue the edge's own turn: auto (by provider) | on | off
 
     [budget]
     max_cost_session = 0.05        # USD
@@ -38,7 +39,7 @@ from .errors import ConfigError
 
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "cloud": {"provider": str, "model": str, "base_url": str, "timeout_s": (int, float),
-              "max_retries": int, "cooldown_s": (int, float)},
+              "max_retries": int, "cooldown_s": (int, float), "continuation": str},
     "budget": {"max_cost_session": (int, float), "max_cost_day": (int, float), "max_cost_month": (int, float)},
     "keys": {"openai": str, "anthropic": str},
 }
@@ -54,6 +55,7 @@ RULES: dict[tuple[str, str], tuple[str, Any]] = {
     ("cloud", "cooldown_s"): _SECONDS,
     ("cloud", "base_url"): ("an http:// or https:// URL with a host, e.g. https://api.deepseek.com/v1",
                             lambda v: _url_problem(v) is None),
+    ("cloud", "continuation"): ("auto, on or off", lambda v: v in ("auto", "on", "off")),
     **{("budget", k): _USD for k in SCHEMA["budget"]},
 }
 _TYPE_NAMES = {str: "a string", int: "an integer"}

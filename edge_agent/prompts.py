@@ -52,6 +52,32 @@ def cloud_step_messages(problem: str, steps) -> list[dict[str, str]]:
     ]
 
 
+def continuation_messages(problem: str, steps) -> list[dict[str, str]]:
+    """The edge's own conversation, its accepted steps as the assistant's unfinished message.
+
+    The cloud continues that message (prefill): it sees the same system prompt and problem as the
+    edge model, and the steps exactly as the edge's context holds them. A rejected draft is never here.
+    """
+    prefix = "".join(s.raw for s in steps)
+    return [*messages(problem), {"role": "assistant", "content": prefix}]
+
+
+HANDOVER_SYSTEM = (
+    "You are an expert mathematician finishing a solution a small model has started. Continue from its "
+    "steps: write the remaining steps, each one short paragraph with its calculation, separated by a blank "
+    "line. Do not repeat earlier steps. End with the final answer in the form \\boxed{ANSWER}."
+)
+
+
+def handover_messages(problem: str, steps) -> list[dict[str, str]]:
+    """The transcript prompt for a handover (providers with no prefill)."""
+    return [
+        {"role": "system", "content": HANDOVER_SYSTEM},
+        {"role": "user", "content": f"Problem:\n{problem}\n\nSteps so far:\n{transcript(steps)}\n\n"
+                                    "Write the remaining steps."},
+    ]
+
+
 def solve_messages(problem: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SOLVE_SYSTEM}, {"role": "user", "content": problem}]
 

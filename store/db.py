@@ -195,6 +195,30 @@ def m004_session_leases(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX steps_active_idx ON steps (session_id, idx) WHERE superseded_by IS NULL")
 
 
+@migrations()
+def m005_continuation_and_step_cache(db: Database) -> None:
+    """How each cloud step was asked for (``mode``: continuation or the transcript prompt), replayed
+    local steps (``replayed``, with the seconds the step first took), and the step cache."""
+    db["cloud_calls"].add_column("mode", str)
+    db["steps"].add_column("replayed", int, not_null_default=0)
+    db["steps"].add_column("would_be_s", float)
+    db["step_cache"].create(
+        {
+            "key": str,  # sha256 of (model identity, exact context token ids, decoding settings)
+            "model": str,  # the model identity, for reading the table
+            "context_tokens": int,
+            "token_ids": str,  # JSON list: the step's tokens
+            "text": str,
+            "raw": str,
+            "signals": str,  # JSON
+            "finish": str,
+            "seconds": float,  # what computing it took the first time
+            "created_at": str,
+        },
+        pk="key",
+    )
+
+
 KNOWN_MIGRATIONS = {m.name for m in migrations._migrations}
 # the tables each migration creates: with the migration recorded, a missing one is a damaged schema
 TABLES = {
@@ -202,6 +226,7 @@ TABLES = {
     "m002_budget": ("budget_reservations",),
     "m003_response_cache": ("response_cache",),
     "m004_session_leases": ("session_leases",),
+    "m005_continuation_and_step_cache": ("step_cache",),
 }
 INDEXES = {"m004_session_leases": ("steps_active_idx",)}  # the one-writer rule: without it, refuse
 

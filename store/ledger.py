@@ -91,6 +91,7 @@ def settle(
     latency_s: float,
     status: str,
     error: str | None = None,
+    mode: str | None = None,
 ) -> str:
     """Replace a reservation by the call's actual cost, in one transaction. Returns the call id.
 
@@ -115,6 +116,7 @@ def settle(
             "cached_tokens": cached_tokens, "cache_write_tokens": cache_write_tokens, "cost_nusd": cost_nusd,
             "would_be_nusd": cost_nusd, "cost_usd": cost_nusd / 1e9, "reserved_nusd": reserved,
             "reservation_id": reservation_id, "latency_s": round(latency_s, 4), "status": status, "error": error,
+            "mode": mode,
             # the call counts in the day/month its reservation was taken, so a settle after
             # midnight cannot move spend out from under yesterday's cap
             "created_at": created,

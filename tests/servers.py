@@ -114,8 +114,13 @@ class FaultServer(_Server):
 class _FaultHandler(_Handler):
     def do_POST(self):
         owner = self.server.owner
-        self._body()
+        body = self._body()
         mode = owner.mode
+        if mode == "no-prefill":  # a provider that refuses a final assistant message, as OpenAI's own API does
+            if body.get("continue_final_message") or (body.get("messages") or [{}])[-1].get("role") == "assistant":
+                return self._send(400, {"error": {"message": "Expected last role to be user but got assistant",
+                                                  "type": "invalid_request_error", "param": "messages"}})
+            mode = "script"
         if mode == "script":
             text = owner.replies.pop(0) if len(owner.replies) > 1 else owner.replies[0]
             return self._send(200, _completion(text))

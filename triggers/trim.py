@@ -9,12 +9,13 @@ from typing import Any
 from .base import BasePolicy, score_event, scorer_needs
 from .errors import PolicyError
 from .scorers import StepInputs, step_score
-from .types import Step, TriggerEvent
+from .types import Action, Step, TriggerEvent
 
 @dataclass(frozen=True)
 class TrimThrParams:
     tau: float | None = None  # None: the scorer's default (default_tau_by_scorer)
     scorer: str = "logprob"
+    handover_at: int = 0  # the n-th escalation hands the rest of the solution to the cloud (0: never)
 
 
 class TrimThr(BasePolicy):
@@ -39,6 +40,16 @@ class TrimThr(BasePolicy):
             raise PolicyError("tau must be between 0 and 1")
         self.tau = self.default_tau_by_scorer[p.scorer] if p.tau is None else p.tau
         self.scorer_name = p.scorer
+        if p.handover_at < 0:
+            raise PolicyError("handover_at must be >= 0 (0: never hand over)")
+
+    def decide(self, steps: Sequence[Step], step: Step, events: Sequence[TriggerEvent]) -> Action:
+        action = super().decide(steps, step, events)
+        escalations = sum(1 for s in steps if s.author == "cloud") + 1
+        if action.kind == "rewrite" and self.cfg.handover_at and escalations >= self.cfg.handover_at:
+            return Action("handover", trigger=action.trigger, score=action.score, threshold=action.threshold,
+                          reason=f"escalation {escalations} >= handover_at={self.cfg.handover_at}")
+        return action
 
     def score(self, step: Step, inputs: StepInputs | None = None) -> float:
         return step_score(self.scorer_name, step, inputs).value

@@ -76,9 +76,11 @@ class TriggerEvent:
 
 @dataclass(frozen=True)
 class Action:
-    """What the policy decided for a step: accept | rewrite | intervene | plan | solve."""
+    """What the policy decided for a step: accept | rewrite | intervene | plan | solve | handover.
 
-    kind: Literal["accept", "rewrite", "intervene", "plan", "solve"] = "accept"
+    ``handover``: the cloud writes the rest of the solution from this step, continuing the accepted ones."""
+
+    kind: Literal["accept", "rewrite", "intervene", "plan", "solve", "handover"] = "accept"
     trigger: str | None = None
     score: float | None = None
     threshold: float | None = None
