@@ -211,7 +211,7 @@ class Agent(CloudActions):
         step = Step(index=index, author="local", kind="step", text=draft.text, raw=draft.raw,
                     token_ids=draft.token_ids, signals=draft.signals, finish=draft.finish, seconds=draft.seconds)
         if not check:
-            self._commit(r, step, events, evaluated=draft.evaluated)
+            self._commit(r, step, events, evaluated=draft.evaluated, would_be_s=draft.would_be_s)
             return
         needs = tuple(getattr(self.policy, "needs", ()))
         inputs, extra_s, extra_eval = self._step_inputs(r, context, step, needs, events)
@@ -228,13 +228,14 @@ class Agent(CloudActions):
             if r.cb.trigger:
                 r.cb.trigger(e, action.kind)
         if action.kind == "accept":
-            self._commit(r, step, events, evaluated=evaluated)
+            self._commit(r, step, events, evaluated=evaluated, would_be_s=draft.would_be_s)
             return
         if r.cb.step_end:
             r.cb.step_end(step)
         replaced = (TriggerEvent("local_draft", True, detail={"text": step.text[:2000], "tokens": step.tokens}), "replaced")
         if not self._act(r, step, action, events, replaced):
-            self._commit(r, step, events, evaluated=evaluated)  # the cloud could not act: the draft stands
+            # the cloud could not act: the draft stands
+            self._commit(r, step, events, evaluated=evaluated, would_be_s=draft.would_be_s)
 
     def _act(self, r: "_Run", step: Step, action: Action, events: list, replaced: tuple) -> bool:
         """Carry out a cloud action in place of the local draft ``step``; False if the cloud could not."""
@@ -316,7 +317,8 @@ class Agent(CloudActions):
                      price_in=price.input if price is not None else None,
                      price_out=price.output if price is not None else None)
 
-    def _commit(self, r: "_Run", step: Step, events: list, *, evaluated: int = 0, rollback: int | None = None) -> None:
+    def _commit(self, r: "_Run", step: Step, events: list, *, evaluated: int = 0, rollback: int | None = None,
+                would_be_s: float | None = None) -> None:
         """One transaction: the step (the new checkpoint), its events, the session status."""
         if step.author == "cloud" and r.cb.step_start:
             r.cb.step_start(step.index, "cloud")
@@ -325,7 +327,7 @@ class Agent(CloudActions):
         answer = extract_answer(step.text) if step.kind != "plan" else None  # a plan tells what to do, it never ends a solve
         status = "done" if answer is not None else {"eos": "ended", "context": "context_full"}.get(step.finish, "running")
         store.commit_step(self.db, r.sid, step, evaluated=evaluated, events=events, status=status, answer=answer,
-                          rollback_reason="intervention" if rollback is not None else None)
+                          rollback_reason="intervention" if rollback is not None else None, would_be_s=would_be_s)
         if rollback is not None:
             r.steps = r.steps[:rollback]
         r.steps.append(step)

@@ -44,7 +44,7 @@ class Draft:
     finish: str  # separator | answer | eos | length | context
     evaluated: int  # tokens run through the model for this step (prefix sync + generated)
     seconds: float
-
+    would_be_s: float | None = None  # replayed from the step cache: what computing it took
 
 @dataclass(frozen=True)
 class Verdict:

@@ -129,12 +129,14 @@ def commit_step(
     status: str = "running",
     answer: str | None = None,
     rollback_reason: str | None = None,
+    would_be_s: float | None = None,
 ) -> str:
     """Write one accepted step with its events and the session's new status in one transaction.
 
     The step is the checkpoint: a crash after this returns loses nothing before it. With
     ``rollback_reason``, active steps at or after ``step.index`` are superseded in the same
     transaction (an intervention that replaces a wrong step), so no crash can leave half a rollback.
+    ``would_be_s``: the step was replayed from the step cache, and computing it took that long.
     """
     step_id = step.id or new_id()
     ts = now()
@@ -160,6 +162,8 @@ def commit_step(
                 "seconds": round(step.seconds, 4),
                 "created_at": ts,
                 "superseded_by": None,
+                "replayed": int(would_be_s is not None),
+                "would_be_s": None if would_be_s is None else round(would_be_s, 4),
             }
         )
         for event, action in events:

@@ -1,0 +1,70 @@
+"""The step cache: with greedy decoding the same model on the same context tokens writes the same step.
+
+``CachedModel`` wraps a local model (same interface). At temperature 0 each step is looked up by
+(model identity, the exact context token ids, the step's token cap); a hit is replayed -- its
+tokens, text, signals and finish exactly as first computed -- and marked with the seconds computing
+it took, so reports show real and would-be time side by side. A miss is computed and kept. Sampled
+steps are never cached. Bench, tune and the atlas use it; ``solve`` only when asked (``--step-cache``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import store
+
+from .local import Draft
+from .values import Signals
+
+
+def model_identity(model: Any) -> str:
+    """What makes a model the same model: its file (resolved path, size, mtime), not its name."""
+    path = getattr(model, "script_path", None) or getattr(model, "path")
+    path = os.path.realpath(str(path))
+    st = os.stat(path)
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def step_key(identity: str, context: Sequence[int], max_tokens: int) -> str:
+    body = json.dumps({"model": identity, "context": list(context), "max_tokens": max_tokens, "decode": "greedy"})
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class CachedModel:
+    """A local model whose greedy steps are replayed from (and kept in) the step cache in ``db``."""
+
+    def __init__(self, model: Any, db: Any) -> None:
+        self.inner = model
+        self.db = db
+        self.identity = model_identity(model)
+        self.hits = 0
+        self.misses = 0
+
+    def __getattr__(self, name: str) -> Any:  # everything but next_step is the wrapped model's
+        return getattr(self.inner, name)
+
+    def next_step(self, context: Sequence[int], *, max_tokens: int = 256, temperature: float = 0.0,
+                  on_text: Callable[[str], None] | None = None) -> Draft:
+        if temperature > 0:
+            return self.inner.next_step(context, max_tokens=max_tokens, temperature=temperature, on_text=on_text)
+        start = time.perf_counter()
+        key = step_key(self.identity, context, max_tokens)
+        hit = store.step_cache_get(self.db, key)
+        if hit is not None:
+            self.hits += 1
+            if on_text and hit["raw"]:
+                on_text(hit["raw"])
+            return Draft(text=hit["text"], raw=hit["raw"], token_ids=tuple(json.loads(hit["token_ids"])),
+                         signals=Signals.from_dict(json.loads(hit["signals"])), finish=hit["finish"], evaluated=0,
+                         seconds=time.perf_counter() - start, would_be_s=hit["seconds"])
+        draft = self.inner.next_step(context, max_tokens=max_tokens, temperature=temperature, on_text=on_text)
+        self.misses += 1
+        store.step_cache_put(self.db, key, model=self.identity, context_tokens=len(context),
+                             token_ids=json.dumps(list(draft.token_ids)), text=draft.text, raw=draft.raw,
+                             signals=json.dumps(draft.signals.to_dict()), finish=draft.finish, seconds=draft.seconds)
+        return draft
