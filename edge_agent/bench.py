@@ -11,11 +11,12 @@ import json
 import re
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .report import session_report
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -200,8 +201,6 @@ class Bench:
         return rows
 
     def run(self, problems: list[dict], policies: list[str], db: Any, progress: Callable[[dict], None] | None = None) -> list[dict]:
-        from .report import session_report
-
         finished = self.done()
         results = []
         for policy in policies:
@@ -233,8 +232,6 @@ class Bench:
 
 
 def write_reports(out: Path, results: list[dict], summaries: list[Summary], meta: dict) -> dict[str, Path]:
-    from dataclasses import asdict
-
     paths = {"json": out / "results.json", "csv": out / "results.csv", "png": out / "accuracy_vs_cloud_tokens.png"}
     meta = {**meta, "cpt": {f"{int(x * 100)}%": cpt(summaries, x) for x in (0.5, 0.8, 0.95)}}
     paths["json"].write_text(json.dumps({"meta": meta, "summary": [asdict(s) for s in summaries], "results": results}, indent=1))
