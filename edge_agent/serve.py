@@ -35,7 +35,7 @@ from triggers import POLICIES, parse_spec
 
 from .agent import Agent, Callbacks, Settings
 from .chat import conversation_problem
-from .errors import USER_ERRORS, InputError
+from .errors import USER_ERRORS
 from .factory import uses_cloud
 from .prompts import messages
 from .report import session_report

@@ -45,7 +45,7 @@ class LazyCommands(MutableMapping):
     """The group's commands: a command's module is imported the first time the command is looked up."""
 
     def __init__(self, where: dict[str, tuple[str, str]]) -> None:
-        self.where = where
+        self.where = dict(where)
         self.loaded: dict[str, click.Command] = {}
 
     def __getitem__(self, name: str) -> click.Command:
@@ -59,7 +59,7 @@ class LazyCommands(MutableMapping):
 
     def __delitem__(self, name: str) -> None:
         self.loaded.pop(name, None)
-        self.where = {k: v for k, v in self.where.items() if k != name}
+        self.where.pop(name, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(dict.fromkeys([*self.where, *self.loaded]))
