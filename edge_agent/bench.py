@@ -11,11 +11,12 @@ import json
 import re
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .report import session_report
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -102,6 +103,9 @@ class Summary:
     cloud_unavailable: int = 0  # problems on which the cloud failed (the solve went on locally)
     spent_usd_per_problem: float = 0.0  # money actually spent (0 for replies served from the cache)
     cloud_out_share: float | None = None  # cloud output tokens as a share of cloud-only's
+    replayed_steps: int = 0  # local steps replayed from the step cache
+    computed_steps: int = 0  # local steps decoded by the model
+    would_be_local_s_mean: float = 0.0  # local seconds per problem without the step cache
 
 
 def summarize(results: list[dict[str, Any]]) -> list[Summary]:
@@ -130,6 +134,9 @@ def summarize(results: list[dict[str, Any]]) -> list[Summary]:
             local_s_mean=statistics.mean(r["usage"]["local_s"] for r in rs),
             cloud_s_mean=statistics.mean(r["usage"]["cloud_s"] for r in rs),
             cloud_unavailable=sum(1 for r in rs if r.get("cloud_available") is False and r["policy"] != "local-only"),
+            replayed_steps=sum(r["usage"].get("replayed_steps", 0) for r in rs),
+            computed_steps=local_steps - sum(r["usage"].get("replayed_steps", 0) for r in rs),
+            would_be_local_s_mean=statistics.mean(r["usage"].get("would_be_local_s", r["usage"]["local_s"]) for r in rs),
         ))
     s_acc = next((s.accuracy for s in out if s.policy == "local-only"), None)
     cloud = next((s for s in out if s.policy == "cloud-only"), None)
@@ -200,8 +207,6 @@ class Bench:
         return rows
 
     def run(self, problems: list[dict], policies: list[str], db: Any, progress: Callable[[dict], None] | None = None) -> list[dict]:
-        from .report import session_report
-
         finished = self.done()
         results = []
         for policy in policies:
@@ -233,8 +238,6 @@ class Bench:
 
 
 def write_reports(out: Path, results: list[dict], summaries: list[Summary], meta: dict) -> dict[str, Path]:
-    from dataclasses import asdict
-
     paths = {"json": out / "results.json", "csv": out / "results.csv", "png": out / "accuracy_vs_cloud_tokens.png"}
     meta = {**meta, "cpt": {f"{int(x * 100)}%": cpt(summaries, x) for x in (0.5, 0.8, 0.95)}}
     paths["json"].write_text(json.dumps({"meta": meta, "summary": [asdict(s) for s in summaries], "results": results}, indent=1))

@@ -12,7 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import store
+
+from .agent import Agent, Callbacks
 from .errors import USER_ERRORS, InputError
+from .factory import Agents, uses_cloud
+from .report import session_report
 
 ROLES = {"system", "developer", "user", "assistant"}
 HELP = """commands:
@@ -87,26 +92,28 @@ class Turn:
 class Chat:
     """One conversation: the shared local model and store, switchable policy and cloud, its turns."""
 
-    model: Any  # LocalModel, loaded once for the whole conversation
+    agents: Agents  # one local model for the whole conversation, the cloud and the caps
     db: Any
     settings: Any  # agent.Settings for every turn
     policy: str  # label (config defaults baked in)
     resolve_policy: Callable[[str], str]  # NAME -> label; raises EdgeAgentError on a bad one
     renderer: Any  # cli.Renderer: step_start/text/step_end/trigger/summary and .console
-    cloud: Any = None
-    caps: Any = None
-    offline: bool = False
+    session_meta: dict[str, Any] = field(default_factory=dict)  # stored with each turn's session (resume needs it)
     conversation_id: str = ""
     turns: list[Turn] = field(default_factory=list)
+    offline: bool = field(init=False)  # /offline toggles it
 
     def __post_init__(self) -> None:
-        import store
-
         self.conversation_id = self.conversation_id or store.new_id()
+        self.offline = self.agents.offline
 
     @property
     def console(self) -> Any:
         return self.renderer.console
+
+    @property
+    def cloud(self) -> Any:
+        return self.agents.cloud
 
     def messages(self, user: str) -> list[dict[str, str]]:
         """Earlier finished turns (answers only, to spare the small context) plus the new message."""
@@ -116,24 +123,16 @@ class Chat:
                 out += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.reply}]
         return out + [{"role": "user", "content": user}]
 
-    def agent(self) -> Any:
-        from .agent import Agent
-
-        return Agent(self.model, self.db, self.policy, cloud=self.cloud, caps=self.caps, offline=self.offline)
+    def agent(self) -> Agent:
+        return self.agents.agent(self.policy, self.db, offline=self.offline)
 
     def ask(self, user: str) -> Turn:
         """Run one turn as its own session. Ctrl-C cancels it; what was committed stays, and we go on."""
-
-        from .agent import Callbacks
-        from .report import session_report
-
         r = self.renderer
         agent = self.agent()
         # the session and every setting resume needs are written in one transaction
         sid = agent.start(conversation_problem(self.messages(user)), self.settings,
-                          {"conversation_id": self.conversation_id, "turn": len(self.turns),
-                           "cloud_base_url": getattr(self.cloud.adapter, "base_url", None) if self.cloud else None,
-                           "max_cost": self.caps.session_usd if self.caps else None})
+                          {"conversation_id": self.conversation_id, "turn": len(self.turns), **self.session_meta})
         cancelled = False
         try:
             agent.run(sid, Callbacks(r.step_start, r.text, r.step_end, r.trigger))
@@ -171,8 +170,6 @@ class Chat:
         return True
 
     def cost(self) -> None:
-        from .report import session_report
-
         if not self.turns:
             self.console.print("no turns yet")
             return
@@ -189,8 +186,6 @@ class Chat:
                            f"${total['cost_usd']:.6f}", markup=False)
 
     def show(self) -> None:
-        from .report import session_report
-
         if not self.turns:
             self.console.print("no turns yet")
             return
@@ -212,8 +207,6 @@ class Chat:
                            else f"online: the cloud ({self.cloud.provider}:{self.cloud.model}) may be called again")
 
     def set_policy(self, spec: str) -> None:
-        from triggers import get_policy
-
         if not spec:
             self.console.print(f"policy: {self.policy} (change it with /policy NAME; see 'edge-agent policies')",
                                markup=False)
@@ -223,7 +216,7 @@ class Chat:
         except USER_ERRORS as e:
             self.console.print(f"Error: {e}", markup=False)
             return
-        if get_policy(label).uses_cloud and self.cloud is None:
+        if uses_cloud(label) and self.cloud is None:
             self.console.print(f"Error: policy {label} needs a cloud and none is configured: "
                                "start chat with --cloud PROVIDER:MODEL", markup=False)
             return
@@ -232,7 +225,7 @@ class Chat:
 
     def loop(self, read: Callable[[], str]) -> None:
         """Read lines until /quit or end of input. Ctrl-C at the prompt only clears the line."""
-        self.console.print(f"edge-agent chat · {self.model.name} · policy {self.policy}"
+        self.console.print(f"edge-agent chat · {self.agents.local().name} · policy {self.policy}"
                            + (f" · cloud {self.cloud.provider}:{self.cloud.model}" if self.cloud else " · no cloud")
                            + " · /help for commands", markup=False)
         while True:

@@ -7,12 +7,20 @@ The cloud check lists models: one cheap call that spends no tokens.
 
 from __future__ import annotations
 
+import importlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cloud.adapters import sdk_error
+from store import ledger, open_db
+
+from .config import Config, config_path, load_config
+from .config import db_path as default_path
 from .errors import USER_ERRORS
+from .factory import CloudOptions, build_caps, build_cloud, cloud_spec, open_local
+from .presets import resolve_model
 
 KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 PING_TIMEOUT_S = 10.0
@@ -27,8 +35,6 @@ class Check:
 
 
 def check_config() -> tuple[Any, Check]:
-    from .config import Config, config_path, load_config
-
     path = config_path()
     try:
         cfg = load_config(path)
@@ -41,15 +47,13 @@ def check_config() -> tuple[Any, Check]:
 
 def check_model(model: str | None) -> tuple[dict[str, Any], Check]:
     """Resolve ``--model`` as solve would, and load it once with a small context."""
-    from .presets import env_threads, open_model, resolve_model
-
     fix = "pass --model with a preset from 'edge-agent models' or a .gguf path (or set EDGE_AGENT_MODEL)"
     info: dict[str, Any] = {"requested": model, "name": None, "path": None, "loads": False, "load_s": None}
     try:
         name, path = resolve_model(model)
         info.update(name=name, path=str(path))
         t0 = time.perf_counter()
-        local = open_model(model, n_ctx=512, n_threads=env_threads())
+        local = open_local(model, 512)
         local.llm
         local.close()
         info.update(loads=True, load_s=round(time.perf_counter() - t0, 2))
@@ -66,10 +70,6 @@ def _ping(cloud: Any) -> list[str]:
 
 def _ping_error(provider: str, e: Exception, base_url: str) -> tuple[str, str, str]:
     """(level, what went wrong, fix) for a failed models list, by the SDK's exception class."""
-    import importlib
-
-    from cloud.adapters import sdk_error
-
     env = KEY_ENV.get(provider, "the API key")
     err = sdk_error(importlib.import_module(provider), e, env, base_url)
     fixes = {
@@ -83,20 +83,16 @@ def _ping_error(provider: str, e: Exception, base_url: str) -> tuple[str, str, s
     return "fail", str(err), fixes.get(err.kind, "check --cloud, --cloud-base-url and the provider's status page")
 
 
-def check_cloud(cfg: Any, spec: str | None, base_url: str | None, offline: bool,
-                price_in: float | None, price_out: float | None) -> tuple[dict[str, Any] | None, Check]:
-    from .cli import _make_cloud
-
-    if not spec and cfg.cloud.get("provider") and cfg.cloud.get("model"):
-        spec = f"{cfg.cloud['provider']}:{cfg.cloud['model']}"
-    if offline:
+def check_cloud(cfg: Any, opts: CloudOptions) -> tuple[dict[str, Any] | None, Check]:
+    spec = cloud_spec(cfg, opts.spec)
+    if opts.offline:
         return None, Check("cloud", "ok", f"offline (--offline){': ' + spec + ' is not called' if spec else ''}")
     if not spec:
         return None, Check("cloud", "ok", "none configured: every solve runs on the local model alone",
                            "to add one: --cloud openai:gpt-4o-mini with OPENAI_API_KEY, or [cloud] in the config; "
                            "'edge-agent cloud-local' serves a loopback stand-in")
     try:
-        cloud = _make_cloud(cfg, spec, base_url, False, price_in, price_out)
+        cloud = build_cloud(cfg, replace(opts, spec=spec, offline=False))
     except USER_ERRORS as e:
         return {"spec": spec, "answers": False}, Check(
             "cloud", "fail", str(e), "fix --cloud PROVIDER:MODEL, its API key (env or [keys]) and its price "
@@ -120,16 +116,12 @@ def check_cloud(cfg: Any, spec: str | None, base_url: str | None, offline: bool,
 
 
 def check_caps(cfg: Any, max_cost: float | None, db: Any, has_cloud: bool) -> tuple[dict[str, Any], Check]:
-    from .cli import _caps
-
     try:
-        caps = _caps(cfg, max_cost)
+        caps = build_caps(cfg, max_cost)
     except USER_ERRORS as e:
         return {}, Check("caps", "fail", str(e), "pass --max-cost as USD >= 0")
     spent = {"spent_today_usd": 0.0, "spent_month_usd": 0.0}
     if db is not None:
-        from store import ledger
-
         s = ledger.spend(db)
         spent = {"spent_today_usd": s["today_nusd"] / 1e9, "spent_month_usd": s["month_nusd"] / 1e9}
     info = {"session_usd": caps.session_usd, "day_usd": caps.day_usd, "month_usd": caps.month_usd, **spent}
@@ -148,10 +140,6 @@ def check_caps(cfg: Any, max_cost: float | None, db: Any, has_cloud: bool) -> tu
 
 
 def check_db(db_path: str | None) -> tuple[Any, Check]:
-    from store import open_db
-
-    from .config import db_path as default_path
-
     path = Path(db_path).expanduser() if db_path else default_path()
     if not path.exists():
         return None, Check("database", "ok", f"{path} (not created yet: the first solve creates it)")
@@ -162,22 +150,16 @@ def check_db(db_path: str | None) -> tuple[Any, Check]:
     return db, Check("database", "ok", f"{path} · {db['sessions'].count} sessions")
 
 
-def diagnose(model: str | None, cloud_spec: str | None, base_url: str | None, offline: bool,
-             max_cost: float | None, price_in: float | None, price_out: float | None,
-             db_path: str | None) -> dict[str, Any]:
+def diagnose(model: str | None, cloud: CloudOptions, db_path: str | None) -> dict[str, Any]:
     """Run every check; never raises for a problem it can describe."""
     cfg, c_config = check_config()
     model_info, c_model = check_model(model)
-    cloud_info, c_cloud = check_cloud(cfg, cloud_spec, base_url, offline, price_in, price_out)
+    cloud_info, c_cloud = check_cloud(cfg, cloud)
     db, c_db = check_db(db_path)
-    caps_info, c_caps = check_caps(cfg, max_cost, db, cloud_info is not None)
+    caps_info, c_caps = check_caps(cfg, cloud.max_cost, db, cloud_info is not None)
     if db is not None:
         db.close()
     checks = [c_model, c_cloud, c_caps, c_db, c_config]
-    from .config import db_path as default_path
-
-    from .config import config_path
-
     return {
         "ok": all(c.level != "fail" for c in checks),
         "checks": [asdict(c) for c in checks],
@@ -186,23 +168,3 @@ def diagnose(model: str | None, cloud_spec: str | None, base_url: str | None, of
         "caps": caps_info,
         "paths": {"db": str(Path(db_path).expanduser() if db_path else default_path()), "config": str(config_path())},
     }
-
-
-MARKS = {"ok": "[green]✓[/green]", "warn": "[yellow]![/yellow]", "fail": "[red]✗[/red]"}
-
-
-def render(result: dict[str, Any], console: Any, first_run: bool = False) -> None:
-    from rich.markup import escape
-
-    if first_run:
-        console.print("[bold]edge-agent[/bold]: solve multi-step problems on a small local model, "
-                      "calling a cloud model only at the steps that need it.\n")
-    for c in result["checks"]:
-        # soft_wrap: one line per finding (the terminal wraps), so a problem line is always followed by its fix
-        console.print(f"{MARKS[c['level']]} [bold]{c['name']:<12}[/bold] {escape(c['detail'])}", soft_wrap=True)
-        if c["fix"]:
-            label = "tip" if c["level"] == "ok" else "fix"
-            console.print(f"  [dim]{label}:[/dim] {escape(c['fix'])}", soft_wrap=True)
-    if first_run:
-        console.print("\nnext: edge-agent solve \"PROBLEM\" · edge-agent chat · edge-agent serve "
-                      "(OpenAI-compatible API) · edge-agent --help", markup=False)

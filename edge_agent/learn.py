@@ -26,6 +26,9 @@ from typing import Any
 import store
 from triggers.learned import FEATURES, features
 
+from .answer import extract_answer
+from .bench import fallback_answer, grade
+from .report import session_report
 from .state import load_state
 from .values import Step
 
@@ -74,9 +77,6 @@ def rewrite_fixes(agent: Any, db: Any, state: Any, i: int, gold: str, settings: 
 
     None if the cloud could not write the step.
     """
-    from .bench import fallback_answer, grade
-    from .report import session_report
-
     sid = agent.start(state.problem, settings)
     for s in state.steps[:i]:
         store.commit_step(db, sid, replace(s, id=None))
@@ -88,8 +88,6 @@ def rewrite_fixes(agent: Any, db: Any, state: Any, i: int, gold: str, settings: 
     if written is None:
         store.set_status(db, sid, "ended")
         return None
-    from .answer import extract_answer
-
     answer = extract_answer(written.text)
     store.commit_step(db, sid, written, status="done" if answer is not None else "running", answer=answer)
     if answer is None:

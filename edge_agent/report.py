@@ -8,7 +8,7 @@ from typing import Any
 import store
 
 from .state import load_state
-from .values import Usage
+from .values import Step, Usage
 
 
 def usage_of(state: store.SessionState, calls: list[dict[str, Any]]) -> Usage:
@@ -31,8 +31,6 @@ def usage_of(state: store.SessionState, calls: list[dict[str, Any]]) -> Usage:
 def session_report(db: Any, session_id: str, *, verbose: bool = True) -> dict[str, Any]:
     state = load_state(db, session_id)
     calls = store.cloud_calls(db, session_id)
-    u = usage_of(state, calls)
-    ratio = u.offload_ratio
     evs = store.events(db, session_id)
     available = (
         state.cloud_provider is not None
@@ -47,46 +45,57 @@ def session_report(db: Any, session_id: str, *, verbose: bool = True) -> dict[st
         "model": state.model,
         "policy": state.policy,
         "created_at": state.created_at,
-        "steps": [
-            {
-                "index": s.index,
-                "author": s.author,
-                "kind": s.kind,
-                "text": s.text,
-                "tokens": s.tokens,
-                "finish": s.finish,
-                "seconds": round(s.seconds, 3),
-                **({"signals": s.signals.to_dict()} if verbose else {}),
-                "trigger": s.trigger,
-            }
-            for s in state.steps
-        ],
-        "events": [
-            {
-                "step": e["step_idx"],
-                "trigger": e["trigger"],
-                "action": e["action"],
-                "score": e["score"],
-                "threshold": e["threshold"],
-                "detail": json.loads(e["detail"] or "{}"),
-            }
-            for e in evs
-        ],
-        "usage": {
-            "cache_hits": sum(1 for c in calls if c["status"] == "cache_hit"),
-            "local_steps": u.local_steps,
-            "cloud_steps": u.cloud_steps,
-            "offload_ratio": round(ratio, 4) if ratio is not None else None,
-            "local_tokens": u.local_tokens,
-            "cloud_input_tokens": u.cloud_input_tokens,
-            "cloud_output_tokens": u.cloud_output_tokens,
-            "cost_usd": round(u.cost_usd, 8),  # money actually spent
-            # what the same calls cost without the response cache (equal to cost_usd when it is off)
-            "would_be_cost_usd": round(sum(c.get("would_be_nusd") if c.get("would_be_nusd") is not None
-                                           else (c.get("cost_nusd") or 0) for c in calls) / 1e9, 8),
-            "wall_s": round(state.wall_s, 3),
-            "local_s": round(u.local_s, 3),
-            "cloud_s": round(u.cloud_s, 3),
-        },
+        "steps": [_step(s, verbose) for s in state.steps],
+        "events": [_event(e) for e in evs],
+        "usage": _usage(state, calls, store.step_cache_stats(db, [session_id])),
         "cloud": {"provider": state.cloud_provider, "model": state.cloud_model, "available": available},
+    }
+
+
+def _step(s: Step, verbose: bool) -> dict[str, Any]:
+    return {
+        "index": s.index,
+        "author": s.author,
+        "kind": s.kind,
+        "text": s.text,
+        "tokens": s.tokens,
+        "finish": s.finish,
+        "seconds": round(s.seconds, 3),
+        **({"signals": s.signals.to_dict()} if verbose else {}),
+        "trigger": s.trigger,
+    }
+
+
+def _event(e: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "step": e["step_idx"],
+        "trigger": e["trigger"],
+        "action": e["action"],
+        "score": e["score"],
+        "threshold": e["threshold"],
+        "detail": json.loads(e["detail"] or "{}"),
+    }
+
+
+def _usage(state: store.SessionState, calls: list[dict[str, Any]], replay: dict[str, Any]) -> dict[str, Any]:
+    u = usage_of(state, calls)
+    ratio = u.offload_ratio
+    return {
+        "cache_hits": sum(1 for c in calls if c["status"] == "cache_hit"),
+        "local_steps": u.local_steps,
+        "cloud_steps": u.cloud_steps,
+        "offload_ratio": round(ratio, 4) if ratio is not None else None,
+        "local_tokens": u.local_tokens,
+        "cloud_input_tokens": u.cloud_input_tokens,
+        "cloud_output_tokens": u.cloud_output_tokens,
+        "cost_usd": round(u.cost_usd, 8),  # money actually spent
+        # what the same calls cost without the response cache (equal to cost_usd when it is off)
+        "would_be_cost_usd": round(sum(c.get("would_be_nusd") if c.get("would_be_nusd") is not None
+                                       else (c.get("cost_nusd") or 0) for c in calls) / 1e9, 8),
+        "wall_s": round(state.wall_s, 3),
+        "local_s": round(u.local_s, 3),
+        "cloud_s": round(u.cloud_s, 3),
+        # local steps replayed from the step cache, and the local seconds the run would have taken without it
+        "replayed_steps": replay["replayed"],
+        "would_be_local_s": replay["would_be_local_s"],
     }

@@ -27,12 +27,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from triggers import POLICIES, parse_spec
+
 from .agent import Agent, Callbacks, Settings
 from .chat import conversation_problem
-from .errors import USER_ERRORS, InputError
+from .errors import USER_ERRORS
+from .factory import uses_cloud
+from .prompts import messages
+from .report import session_report
 from .values import Step
 
 log = logging.getLogger("edge_agent.serve")
@@ -311,10 +317,6 @@ class StepStream:
 def solve_job(worker: Worker, policy: str, problem: str, settings: Settings, meta: dict[str, Any],
               started: Callable[[str], None], stream: StepStream | None) -> tuple[dict[str, Any], int]:
     """On the worker thread: start the session, run it, and read back (report, prompt tokens)."""
-
-    from .prompts import messages
-    from .report import session_report
-
     stream = stream or StepStream(lambda step, back: None, worker.stopping)
     try:
         agent = worker.make_agent(policy)
@@ -335,8 +337,6 @@ def solve_job(worker: Worker, policy: str, problem: str, settings: Settings, met
 
 def create_app(make_agent: Callable[[str], Agent], options: ServeOptions) -> FastAPI:
     """The ASGI app. ``make_agent(policy_label)`` is called on the worker thread and may share one model."""
-    from triggers import POLICIES, get_policy, parse_spec
-
     worker = Worker(make_agent, options.max_queue)
 
     @contextlib.asynccontextmanager
@@ -351,75 +351,86 @@ def create_app(make_agent: Callable[[str], Agent], options: ServeOptions) -> Fas
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:
         return e.response()
 
-    def policy_for(model: Any) -> str:
-        if not isinstance(model, str) or not model.strip():
-            raise ApiError(400, "'model' is required: use 'edge-agent' or a policy name (GET /v1/models)",
-                           param="model")
-        if model == DEFAULT_MODEL:
-            return options.default_policy
-        unknown = ApiError(404, f"unknown model {model!r}: use 'edge-agent' or one of {', '.join(POLICIES)}",
-                           param="model", code="model_not_found")
-        try:
-            name, params = parse_spec(model)
-        except USER_ERRORS as e:
-            raise ApiError(400, str(e), param="model") from None
-        if name not in POLICIES:
-            raise unknown
-        # a client names a policy, never a file: a learned model is one the operator saved (latest or vN)
-        if "model" in params and not LEARNED_VERSION.fullmatch(params["model"]):
-            raise unknown
-        try:
-            label = options.resolve_policy(model)
-        except USER_ERRORS as e:
-            raise ApiError(400, str(e), param="model") from None
-        if get_policy(label).uses_cloud and not options.has_cloud:
-            raise ApiError(400, f"model {model!r} needs a cloud and this server has none: restart serve with "
-                                "--cloud PROVIDER:MODEL, or use 'local-only'", param="model")
-        return label
-
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
         check_auth(request, options.token)
-        rows = [(DEFAULT_MODEL, options.default_policy)] + [(name, name) for name in POLICIES]
-        data = []
-        for model_id, policy in rows:
-            cloud = POLICIES[parse_spec(policy)[0]].uses_cloud  # the class says; building one may need files
-            data.append({"id": model_id, "object": "model", "created": 0, "owned_by": "edge-agent",
-                         "edge_agent": {"policy": policy, "uses_cloud": cloud,
-                                        "available": options.has_cloud or not cloud}})
-        return {"object": "list", "data": data}
+        return model_list(options)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         check_auth(request, options.token)
-        body = await read_json(request, options.max_body_bytes)
-        check_unsupported(body)
-        model = body.get("model")
-        policy = policy_for(model)
-        settings = request_settings(body, options.settings)
-        try:
-            problem = conversation_problem(body.get("messages"))
-        except USER_ERRORS as e:
-            raise ApiError(400, str(e), param="messages") from None
-        if not worker.admit():
-            raise ApiError(429, f"the local model is busy and {worker.limit - 1} request(s) already wait: retry "
-                                "later, or start serve with a larger --queue", type_="rate_limit_exceeded",
-                           code="rate_limit_exceeded", headers={"Retry-After": "5"})
-        meta = {**options.session_meta, "source": "serve", "model_id": model}
-        created = int(time.time())
-        if body.get("stream"):
-            return await _stream(worker, policy, problem, settings, meta, model, created)
-        sid_box: list[str] = []
-        try:
-            report, prompt_tokens = await worker.run(solve_job, worker, policy, problem, settings, meta,
-                                                     sid_box.append, None)
-        except USER_ERRORS as e:
-            status = 500 if sid_box else 400  # before the session existed it is the request's fault
-            raise ApiError(status, str(e), type_="server_error" if sid_box else "invalid_request_error") from None
-        return JSONResponse(completion(report, prompt_tokens, model, created),
-                            headers={SESSION_HEADER: report["session_id"]})
+        return await complete(worker, options, await read_json(request, options.max_body_bytes))
 
     return app
+
+
+def policy_for(model: Any, options: ServeOptions) -> str:
+    """The policy label a request's model id names: 'edge-agent' is the server's; any other is a policy spec."""
+    if not isinstance(model, str) or not model.strip():
+        raise ApiError(400, "'model' is required: use 'edge-agent' or a policy name (GET /v1/models)",
+                       param="model")
+    if model == DEFAULT_MODEL:
+        return options.default_policy
+    unknown = ApiError(404, f"unknown model {model!r}: use 'edge-agent' or one of {', '.join(POLICIES)}",
+                       param="model", code="model_not_found")
+    try:
+        name, params = parse_spec(model)
+    except USER_ERRORS as e:
+        raise ApiError(400, str(e), param="model") from None
+    if name not in POLICIES:
+        raise unknown
+    # a client names a policy, never a file: a learned model is one the operator saved (latest or vN)
+    if "model" in params and not LEARNED_VERSION.fullmatch(params["model"]):
+        raise unknown
+    try:
+        label = options.resolve_policy(model)
+    except USER_ERRORS as e:
+        raise ApiError(400, str(e), param="model") from None
+    if uses_cloud(label) and not options.has_cloud:
+        raise ApiError(400, f"model {model!r} needs a cloud and this server has none: restart serve with "
+                            "--cloud PROVIDER:MODEL, or use 'local-only'", param="model")
+    return label
+
+
+def model_list(options: ServeOptions) -> dict[str, Any]:
+    """GET /v1/models: 'edge-agent', then every policy by name, each saying whether it can run here."""
+    rows = [(DEFAULT_MODEL, options.default_policy)] + [(name, name) for name in POLICIES]
+    data = []
+    for model_id, policy in rows:
+        cloud = POLICIES[parse_spec(policy)[0]].uses_cloud  # the class says; building one may need files
+        data.append({"id": model_id, "object": "model", "created": 0, "owned_by": "edge-agent",
+                     "edge_agent": {"policy": policy, "uses_cloud": cloud,
+                                    "available": options.has_cloud or not cloud}})
+    return {"object": "list", "data": data}
+
+
+async def complete(worker: Worker, options: ServeOptions, body: dict[str, Any]) -> Any:
+    """POST /v1/chat/completions: check the request, wait for the worker, answer whole or as a stream."""
+    check_unsupported(body)
+    model = body.get("model")
+    policy = policy_for(model, options)
+    settings = request_settings(body, options.settings)
+    try:
+        problem = conversation_problem(body.get("messages"))
+    except USER_ERRORS as e:
+        raise ApiError(400, str(e), param="messages") from None
+    if not worker.admit():
+        raise ApiError(429, f"the local model is busy and {worker.limit - 1} request(s) already wait: retry "
+                            "later, or start serve with a larger --queue", type_="rate_limit_exceeded",
+                       code="rate_limit_exceeded", headers={"Retry-After": "5"})
+    meta = {**options.session_meta, "source": "serve", "model_id": model}
+    created = int(time.time())
+    if body.get("stream"):
+        return await _stream(worker, policy, problem, settings, meta, model, created)
+    sid_box: list[str] = []
+    try:
+        report, prompt_tokens = await worker.run(solve_job, worker, policy, problem, settings, meta,
+                                                 sid_box.append, None)
+    except USER_ERRORS as e:
+        status = 500 if sid_box else 400  # before the session existed it is the request's fault
+        raise ApiError(status, str(e), type_="server_error" if sid_box else "invalid_request_error") from None
+    return JSONResponse(completion(report, prompt_tokens, model, created),
+                        headers={SESSION_HEADER: report["session_id"]})
 
 
 async def _stream(worker: Worker, policy: str, problem: str, settings: Settings, meta: dict[str, Any],
@@ -482,8 +493,6 @@ async def _stream(worker: Worker, policy: str, problem: str, settings: Settings,
 def run_server(app: FastAPI, host: str, port: int) -> None:
     """uvicorn, except that Ctrl-C also stops a running solve at its next token (its steps are committed):
     uvicorn waits for open requests before shutdown, and a solve can take minutes."""
-    import uvicorn
-
     worker: Worker = app.state.worker
 
     class Server(uvicorn.Server):

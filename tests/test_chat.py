@@ -109,3 +109,41 @@ def test_repl_turns_commands_and_ctrl_c_mid_turn(tmp_path, monkeypatch):
     assert "User: First: what is 2+2?" in third and "Second" not in third and third.endswith("Third: what is 3+3?")
     assert f"conversation {settings[0]['conversation_id']}:" in out  # /cost totals
     assert f"session {rows[2][0]}" in out  # /show names the last turn
+
+
+def test_a_chat_turn_on_an_unpriced_cloud_model_resumes_at_the_price_it_started_with(tmp_path, monkeypatch,
+                                                                                   fault_server):
+    """chat stores --price-in/--price-out with each turn's session, as solve does: resume needs them.
+
+    The cloud model 'm' has no known price, so it is usable only with the prices given on the command line."""
+    from edge_agent import cli as cli_module
+    from tests.conftest import run_cli
+
+    server = fault_server("script", replies=["2 + 1 = 3, so \\boxed{3}."])
+    script = tmp_path / "turn.json"
+    script.write_text(json.dumps(["Half of 2 is 1.", "So the total is 2 + 1.", "Done."]))
+    real_step_end = cli_module.Renderer.step_end
+
+    def step_end(self, step):
+        real_step_end(self, step)
+        raise KeyboardInterrupt  # Ctrl-C just after the turn's first step was committed
+
+    monkeypatch.setattr(cli_module.Renderer, "step_end", step_end)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    result = CliRunner().invoke(cli_module.cli, [
+        "chat", "--model", f"script:{script}", "--policy", "every-k", "--cloud", "openai:m",
+        "--cloud-base-url", server.url + "/v1", "--price-in", "1", "--price-out", "2",
+        "--max-steps", "4", "--max-step-tokens", "24", "--n-ctx", "2048"], input="How many bolts?\n/quit\n")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "turn cancelled: 1 committed step kept in session" in result.output
+    conn = sqlite3.connect(tmp_path / "edge.db")
+    [(sid, status)] = conn.execute("SELECT id, status FROM sessions").fetchall()
+    conn.close()
+    assert status == "running" and not server.requests  # the cloud was not called before the cancel
+
+    resumed = run_cli("resume", sid, "--json", env={"OPENAI_BASE_URL": ""})
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    report = json.loads(resumed.stdout)
+    assert report["status"] == "done" and report["answer"] == "3"
+    assert [s["author"] for s in report["steps"]] == ["local", "cloud"]
+    assert report["usage"]["cost_usd"] == pytest.approx((50 * 1 + 7 * 2) / 1e6)  # 50 in, 7 out at $1 / $2 per 1M

@@ -414,10 +414,10 @@ def test_a_kill_right_after_the_session_is_created_keeps_its_cap_and_cloud_url(t
     state = store.load_state(db, row["id"])
     assert state.settings["max_cost"] == 0.01
     assert state.settings["cloud_base_url"] == url
-    from edge_agent.cli import _agent_for_session
+    from edge_agent.factory import agent_for_session
 
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    agent = _agent_for_session(db, row["id"])  # what 'resume' would run with
+    agent = agent_for_session(db, row["id"])  # what 'resume' would run with
     assert agent.caps.session_usd == 0.01
     assert agent.cloud.adapter.base_url == url
     db.close()

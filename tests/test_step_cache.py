@@ -59,3 +59,29 @@ def test_a_rerun_replays_every_local_step_and_reports_the_time_it_would_have_tak
     assert all(r["would_be_s"] >= 0.19 and r["seconds"] < 0.1 for r in rows[3:5])  # replayed: fast, would have been slow
     stats = store.step_cache_stats(db, [second.session_id])
     assert (stats["replayed"], stats["computed"]) == (3, 0) and stats["would_be_local_s"] >= 0.38 > stats["local_s"]
+
+
+def test_bench_twice_replays_every_local_step_and_gets_the_same_accuracies(tmp_path, fault_server):
+    from tests.conftest import run_cli
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"Tom has {i} apples and buys 3 more. How many?",
+                                        "answer": str(i + 3)}) + "\n" for i in (2, 3, 4)))
+    script = tmp_path / "steps.json"
+    script.write_text(json.dumps(["He buys 3 more.", "2 + 3 = 5, so \\boxed{5}."]))
+    args = ["bench", "--dataset", str(data), "--policies", "local-only,every-k(k=5)", "--model", f"script:{script}",
+            "--out", str(tmp_path / "out"), "--cloud", "openai:m", "--price-in", "1", "--price-out", "2",
+            "--cloud-base-url", fault_server("script", replies=["never asked"]).url + "/v1", "--json"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr.decode()
+    for name in ("results.jsonl", "results.json", "results.csv"):
+        (tmp_path / "out" / name).unlink()
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr.decode()
+    a, b = (json.loads(p.stdout)["summary"] for p in (first, second))
+    # within the first run the two policies share every local prefix; the second run computes nothing
+    assert sum(s["computed_steps"] for s in a) == 6 and sum(s["replayed_steps"] for s in a) == 6
+    assert sum(s["computed_steps"] for s in b) == 0 and sum(s["replayed_steps"] for s in b) == 12
+    assert [s["accuracy"] for s in a] == [s["accuracy"] for s in b] == [1 / 3, 1 / 3]
+    text = run_cli(*args[:-1], "--resume").stdout.decode()  # the table's line on the cache
+    assert "step cache:" in text

@@ -1,0 +1,160 @@
+"""``sessions``, ``show``, ``cost``, ``models``, ``policies`` and ``doctor``: read and check, never solve."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+import store
+from store import ledger
+from triggers import POLICIES
+from triggers.policies import policy_parameters
+
+from ..config import Config, load_config
+from ..doctor import diagnose
+from ..errors import InputError
+from ..factory import CloudOptions, open_db
+from ..presets import PRESETS, ensure_preset, preset_status
+from ..report import session_report
+from .options import cloud_options, db_option, json_option, verbose_option
+from .render import (join_progress, print_cost, print_doctor, print_models, print_policies, print_sessions,
+                     print_trace)
+
+
+@click.command()
+@click.option("--limit", default=30, show_default=True, type=int, help="How many sessions to list.")
+@db_option
+@json_option
+def sessions(limit: int, db_path: str | None, as_json: bool) -> None:
+    """List sessions, newest first."""
+    db = open_db(db_path, create=False)
+    rows = store.list_sessions(db, limit)
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    print_sessions(rows)
+
+
+@click.command()
+@click.argument("session_id")
+@verbose_option
+@click.option("--all", "show_all", is_flag=True, help="Also show steps superseded by rollbacks.")
+@click.option("--events", "list_events", is_flag=True,
+              help="List every trigger firing, including those refused by the budget or offline.")
+@db_option
+@json_option
+def show(session_id: str, verbose: bool, show_all: bool, list_events: bool, db_path: str | None,
+         as_json: bool) -> None:
+    """Print a session's full trace from the database."""
+    db = open_db(db_path, create=False)
+    sid = store.resolve_id(db, session_id)
+    report = session_report(db, sid, verbose=True)
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False))
+        return
+    print_trace(report, store.load_steps(db, sid, include_superseded=show_all), verbose, list_events)
+
+
+@click.command()
+@click.option("--install", "install", metavar="NAME", help="Join and verify a chunked preset now.")
+@json_option
+def models(install: str | None, as_json: bool) -> None:
+    """List local model presets: installed or not, size and path."""
+    if install:
+        if install not in PRESETS:
+            raise InputError(f"unknown model preset {install!r}: use one of {', '.join(PRESETS)}")
+        path = ensure_preset(PRESETS[install], progress=join_progress())
+        if not as_json:
+            click.echo(f"{install}: {path}")
+    rows = [preset_status(p) for p in PRESETS.values()]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    print_models(rows)
+    click.echo("Any GGUF file also works: edge-agent solve --model /path/to/model.gguf ...")
+
+
+def spend_summary(db: Any, cfg: Config, days: int) -> dict[str, Any]:
+    """Spend today, this month and in all, the caps and what they leave, and the rows of the last ``days``."""
+    s = ledger.spend(db)
+    caps = {"day": cfg.budget.get("max_cost_day"), "month": cfg.budget.get("max_cost_month"),
+            "session": cfg.budget.get("max_cost_session")}
+    days_seen = sorted({r["day"] for r in s["rows"]}, reverse=True)[:days]
+    left = lambda cap, spent: None if cap is None else max(cap - (spent + s["open_nusd"]) / 1e9, 0.0)  # noqa: E731
+    return {
+        "today_usd": s["today_nusd"] / 1e9,
+        "month_usd": s["month_nusd"] / 1e9,
+        "total_usd": s["total_nusd"] / 1e9,
+        "open_reservations_usd": s["open_nusd"] / 1e9,
+        "caps_usd": caps,
+        "remaining_usd": {"day": left(caps["day"], s["today_nusd"]), "month": left(caps["month"], s["month_nusd"])},
+        "rows": [r for r in s["rows"] if r["day"] in days_seen],
+    }
+
+
+@click.command()
+@click.option("--days", default=14, show_default=True, type=int, help="How many days of rows to show.")
+@db_option
+@json_option
+def cost(days: int, db_path: str | None, as_json: bool) -> None:
+    """Cloud spend by day, provider and model, with the caps in force and what is left."""
+    db = open_db(db_path, create=False)
+    out = spend_summary(db, load_config(), days)
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    print_cost(out)
+
+
+def policy_rows(cfg: Config) -> list[dict[str, Any]]:
+    """Each policy: whether it calls the cloud, its one-line summary, its parameters' defaults, the config's."""
+    rows = []
+    for name, cls in POLICIES.items():
+        params = policy_parameters(name)
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        rows.append({"name": name, "uses_cloud": cls.uses_cloud, "summary": doc, "parameters": params,
+                     "configured": cfg.policy.get(name, {})})
+    return rows
+
+
+@click.command()
+@json_option
+def policies(as_json: bool) -> None:
+    """List escalation policies with their parameters and defaults (config: [policy.NAME])."""
+    rows = policy_rows(load_config())
+    if as_json:
+        click.echo(json.dumps(rows, default=str))
+        return
+    print_policies(rows)
+
+
+@click.command()
+@click.option("--model", "-m", envvar="EDGE_AGENT_MODEL", help="Preset name or GGUF path to check (default: the default preset).")
+@cloud_options
+@db_option
+@json_option
+def doctor(model: str | None, cloud: CloudOptions, db_path: str | None, as_json: bool) -> None:
+    """Check the local model, the cloud (one free model-list call), the caps and where files live."""
+    run_doctor(model, cloud, db_path, as_json)
+
+
+def run_doctor(model: str | None, cloud: CloudOptions, db_path: str | None, as_json: bool,
+               first_run: bool = False) -> None:
+    result = diagnose(model, cloud, db_path)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        print_doctor(result, first_run)
+    if not result["ok"]:
+        sys.exit(1)
+
+
+def first_run() -> None:
+    """Bare ``edge-agent``: the doctor's checks with a greeting, from the environment alone."""
+    env = os.environ.get  # click fills envvar defaults only for a parsed command line
+    cloud = CloudOptions(spec=env("EDGE_AGENT_CLOUD"), base_url=env("OPENAI_BASE_URL"))
+    run_doctor(env("EDGE_AGENT_MODEL"), cloud, env("EDGE_AGENT_DB"), False, first_run=True)

@@ -1,0 +1,127 @@
+"""``serve``, ``chat`` and ``cloud-local``: the agent behind an API or a REPL, and a loopback stand-in cloud."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Any
+
+import click
+
+from cloud.adapters import is_loopback
+from triggers import POLICIES
+
+from ..chat import Chat
+from ..cloud_local import start_server
+from ..config import load_config
+from ..errors import InputError
+from ..factory import Agents, CloudOptions, RunOptions, open_db, policy_label, require_cloud, session_meta
+from ..presets import resolve_model
+from .options import cloud_options, db_option, run_options, verbose_option
+from .render import Renderer, join_progress
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
+@click.option("--port", default=8088, show_default=True, type=int, help="TCP port.")
+@click.option("--token", envvar="EDGE_AGENT_TOKEN", help="Require 'Authorization: Bearer TOKEN' (env EDGE_AGENT_TOKEN).")
+@run_options("serve")
+@click.option("--queue", "max_queue", default=4, show_default=True, type=click.IntRange(0),
+              help="Requests that may wait for the one local model; more get HTTP 429.")
+@cloud_options
+@db_option
+def serve(host: str, port: int, token: str | None, run: RunOptions, max_queue: int, cloud: CloudOptions,
+          db_path: str | None) -> None:
+    """Serve the agent as an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models)."""
+    try:  # an optional extra: import it only when asked to serve
+        from ..serve import ServeOptions, create_app, run_server
+    except ImportError:
+        raise InputError("serve needs FastAPI and uvicorn: pip install 'edge-agent[server]'") from None
+    if not is_loopback(f"http://{host}") and not token:
+        raise InputError(f"--host {host} exposes the agent (and your cloud budget) beyond this machine: "
+                         "pass --token as well")
+    check_port(host, port)
+    settings = run.settings()
+    cfg = load_config()
+    agents = Agents.build(cfg, run, cloud, progress=join_progress())
+    label = policy_label(cfg, run.policy or default_serve_policy(agents.cloud))
+    require_cloud([label], agents.cloud)
+    resolve_model(run.model)
+    made: dict[str, Any] = {}
+
+    def make_agent(policy: str) -> Any:
+        """On the server's worker thread, which owns the model and the DB connection."""
+        if "db" not in made:
+            made["db"] = open_db(db_path)
+        return agents.agent(policy, made["db"])
+
+    options = ServeOptions(default_policy=label, resolve_policy=lambda spec: policy_label(cfg, spec),
+                           settings=settings, has_cloud=agents.cloud is not None, token=token, max_queue=max_queue,
+                           session_meta=session_meta(cloud, agents.cloud))
+    app = create_app(make_agent, options)
+    app.state.worker.call(lambda: make_agent(label).model.llm)  # load now: a bad model fails before we listen
+    base_url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1"
+    click.echo(f"edge-agent serve: {base_url} · model 'edge-agent' = {label}"
+               + (f" · cloud {agents.cloud.provider}:{agents.cloud.model}" if agents.cloud else " · no cloud")
+               + (" · token required" if token else ""))
+    click.echo(f"use: OpenAI(base_url={base_url!r}, api_key={'TOKEN' if token else 'any'!r}) · Ctrl-C stops")
+    run_server(app, host, port)
+
+
+def default_serve_policy(cloud: Any) -> str:
+    """Behind model id 'edge-agent' when --policy is not given: hybrid with a cloud, else local-only."""
+    return "hybrid" if cloud is not None and "hybrid" in POLICIES else "local-only"
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before the model loads, with the fix, when the address is taken."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror}): pass another --port or --host") from None
+
+
+@click.command()
+@run_options("chat")
+@verbose_option
+@cloud_options
+@db_option
+def chat(run: RunOptions, verbose: bool, cloud: CloudOptions, db_path: str | None) -> None:
+    """Talk to the agent turn by turn; each turn is a session (/help lists the commands)."""
+    settings = run.settings()
+    cfg = load_config()
+    label = policy_label(cfg, run.policy)
+    agents = Agents.build(cfg, run, cloud, progress=join_progress())
+    require_cloud([label], agents.cloud)
+    resolve_model(run.model)
+    db = open_db(db_path)
+    agents.local()  # load before the first prompt: a bad model fails now
+    renderer = Renderer(verbose)
+    if sys.stdin.isatty():
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+    session = Chat(agents, db, settings, label, lambda spec: policy_label(cfg, spec), renderer,
+                   session_meta=session_meta(cloud, agents.cloud))
+    session.loop(lambda: renderer.console.input("[bold green]you ›[/bold green] "))
+
+
+@click.command("cloud-local")
+@click.option("--model", "-m", default="smollm2-135m", show_default=True, help="Preset name or GGUF path to serve.")
+@click.option("--port", type=int, help="Port on 127.0.0.1 (default: a free one).")
+@click.option("--n-ctx", default=4096, show_default=True, type=int, help="Server context size.")
+def cloud_local(model: str, port: int | None, n_ctx: int) -> None:
+    """Serve a local GGUF as an OpenAI-compatible 'cloud' on 127.0.0.1 (priced like DeepSeek-R1)."""
+    _, path = resolve_model(model, progress=join_progress())
+    proc, base = start_server(path, port=port, n_ctx=n_ctx)
+    click.echo(f"serving {path.name} at {base}")
+    click.echo(f"use: edge-agent solve ... --cloud openai:local --cloud-base-url {base} --policy every-k")
+    click.echo("Ctrl-C stops it.")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(10)
