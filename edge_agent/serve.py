@@ -39,6 +39,7 @@ from .errors import USER_ERRORS
 from .factory import uses_cloud
 from .prompts import messages
 from .report import session_report
+from .serve_wire import chunk, completion, finish_reason, sse, summary, usage
 from .values import Step
 
 log = logging.getLogger("edge_agent.serve")
@@ -134,8 +135,8 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if length.isdigit() and int(length) > limit:
         raise too_big
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    async for part in request.stream():
+        body += part
         if len(body) > limit:
             raise too_big
     try:
@@ -204,67 +205,6 @@ def check_unsupported(body: dict[str, Any]) -> None:
             raise ApiError(400, f"'{key}' are not supported: send the problem as a plain user message", param=key)
     if "stream" in body and not isinstance(body["stream"], bool):
         raise ApiError(400, "'stream' must be true or false", param="stream")
-
-
-# -- responses --------------------------------------------------------------------------------------------
-
-
-def usage(report: dict[str, Any], prompt_tokens: int) -> dict[str, Any]:
-    """OpenAI usage counted in the local tokenizer (prompt = the local prompt, completion = the returned steps),
-    plus the split by side and the money actually spent."""
-    u = report["usage"]
-    completion = sum(s["tokens"] for s in report["steps"])
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
-        "local_tokens": u["local_tokens"],
-        "cloud_input_tokens": u["cloud_input_tokens"],
-        "cloud_output_tokens": u["cloud_output_tokens"],
-        "cost_usd": u["cost_usd"],
-    }
-
-
-def finish_reason(status: str) -> str:
-    return "stop" if status in ("done", "ended") else "length"
-
-
-def summary(report: dict[str, Any]) -> dict[str, Any]:
-    """The ``edge_agent`` extension of a whole response: the session, its outcome and who wrote what."""
-    return {
-        "session_id": report["session_id"],
-        "status": report["status"],
-        "answer": report["answer"],
-        "policy": report["policy"],
-        "offload_ratio": report["usage"]["offload_ratio"],
-        "cloud": report["cloud"],
-        "steps": [{"step": s["index"], "author": s["author"], "kind": s["kind"], "trigger": s["trigger"]}
-                  for s in report["steps"]],
-    }
-
-
-def completion(report: dict[str, Any], prompt_tokens: int, model: str, created: int) -> dict[str, Any]:
-    text = "\n\n".join(s["text"] for s in report["steps"])
-    return {
-        "id": f"chatcmpl-{report['session_id']}",
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": finish_reason(report["status"]), "logprobs": None}],
-        "usage": usage(report, prompt_tokens),
-        "edge_agent": summary(report),
-    }
-
-
-def chunk(sid: str, model: str, created: int, delta: dict[str, Any], finish: str | None = None,
-          **extra: Any) -> dict[str, Any]:
-    return {"id": f"chatcmpl-{sid}", "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
-
-
-def sse(data: dict[str, Any] | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 # -- running on the worker thread ------------------------------------------------------------------------
