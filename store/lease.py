@@ -55,7 +55,7 @@ def _acquire(db: Database, session_id: str, purpose: str) -> str:
                     mine[1] += 1
                     return held_token
             # our own PID with a token we never took: an earlier process that had this PID
-            if pid != me and _alive(pid, started):
+            if pid != me and alive(pid, started):
                 raise _busy(session_id, pid)
         token = new_id()
         with _leases_lock:  # known before it commits: a thread of ours must never see it as stale
@@ -116,8 +116,8 @@ def proc_start(pid: int) -> int | None:
     return stat[1] if stat else None
 
 
-def _alive(pid: int | None, started: int | None) -> bool:
-    """Whether the process that took a lease still runs: its PID exists, is no zombie, and was not reused."""
+def alive(pid: int | None, started: int | None = None) -> bool:
+    """Whether a process still runs: its PID exists, is no zombie, and (given its start time) was not reused."""
     if not pid:
         return False
     try:

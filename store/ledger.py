@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from .lease import alive
 from .txn import new_id, now, write_txn
 
 SCOPES = ("session", "day", "month")
@@ -164,7 +165,7 @@ def record_cache_hit(
 def reclaim_stale(db: Database) -> int:
     """Settle open reservations of processes that no longer exist, at their full amount (never under-count)."""
     rows = db.execute("SELECT id, pid FROM budget_reservations WHERE status = 'open'").fetchall()
-    stale = [rid for rid, pid in rows if pid != os.getpid() and not _alive(pid)]
+    stale = [rid for rid, pid in rows if pid != os.getpid() and not alive(pid)]
     for rid in stale:
         r = db.execute(
             "SELECT session_id, purpose, provider, model, amount_nusd FROM budget_reservations WHERE id = ?", [rid]
@@ -175,18 +176,6 @@ def reclaim_stale(db: Database) -> int:
             cost_nusd=int(r[4]), latency_s=0.0, status="reclaimed", error="process died before settling",
         )
     return len(stale)
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def spend(db: Database, ts: str | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import stat
 import pytest
 
 import store
+from edge_agent.state import load_state
 from cloud.budget import Budget, Caps
 from cloud.client import make_cloud
 from edge_agent.config import load_config
@@ -59,7 +60,7 @@ def test_calibration_sets_tau_to_the_score_quantile_and_solve_uses_it(tmp_path):
     tau = result["chosen"]["tau"]
     db = store.open_db(out / "bench.db")
     policy = get_policy("trim-thr")
-    scores = [policy.score(s) for row in db["sessions"].rows for s in store.load_state(db, row["id"]).steps]
+    scores = [policy.score(s) for row in db["sessions"].rows for s in load_state(db, row["id"]).steps]
     assert len(scores) >= 2
     assert tau == pytest.approx(quantile(scores, 0.25, lower=True))
     assert sum(s < tau for s in scores) / len(scores) <= 0.25 + 1e-9
