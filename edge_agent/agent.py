@@ -189,6 +189,14 @@ class Agent(CloudActions):
             for n, step in enumerate(written):
                 self._commit(r, step, events if n == 0 else [])
             return bool(written)
+        if pre.kind == "handover":
+            left = r.settings.max_steps - sum(1 for s in r.steps if s.kind != "plan")
+            written = self.handover(r.sid, r.problem, r.steps, index, left, events,
+                                    max_tokens=min(r.settings.max_step_tokens * left, 768), trigger=pre.trigger,
+                                    continuation=r.continuation)
+            for n, step in enumerate(written):
+                self._commit(r, step, events if n == 0 else [])
+            return bool(written)
         if pre.kind == "plan":
             step = self.plan(r.sid, r.problem, events)
         else:

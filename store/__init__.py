@@ -16,6 +16,8 @@ _HOMES = {
     "open_db": "db",
     "new_id": "txn", "now": "txn", "write_txn": "txn", "session_lease": "lease",
     "step_cache_get": "cache", "step_cache_put": "cache", "step_cache_stats": "cache",
+    **{name: "atlas" for name in ("atlas_meta", "set_atlas_meta", "atlas_problem", "put_atlas_problem",
+                                  "atlas_branch", "put_atlas_branch", "atlas_rows")},
     **{name: "repo" for name in ("FINISHED",
         "add_wall_time", "SessionState", "check_rollback", "cloud_calls", "commit_step",
         "ensure_resumable", "events", "list_sessions", "load_state", "load_steps", "new_session",

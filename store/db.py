@@ -219,6 +219,23 @@ def m005_continuation_and_step_cache(db: Database) -> None:
     )
 
 
+@migrations()
+def m006_atlas(db: Database) -> None:
+    """The routing atlas: per problem the edge's trace, and per step k what a cloud step there would do."""
+    db["atlas_meta"].create({"key": str, "value": str}, pk="key")
+    db["atlas_problems"].create(
+        {"id": str, "problem": str, "answer": str, "trace_session": str, "status": str,  # pending | done
+         "predicted": str, "correct": int, "steps": int},
+        pk="id",
+    )
+    db["atlas_branches"].create(
+        {"problem_id": str, "kind": str,  # step | handover | cloud_only
+         "k": int, "session_id": str, "status": str, "predicted": str, "correct": int, "cloud_in": int,
+         "cloud_out": int, "local_tokens": int, "seconds": float, "cloud_steps": int},
+        pk=("problem_id", "kind", "k"),
+    )
+
+
 KNOWN_MIGRATIONS = {m.name for m in migrations._migrations}
 # the tables each migration creates: with the migration recorded, a missing one is a damaged schema
 TABLES = {
@@ -227,6 +244,7 @@ TABLES = {
     "m003_response_cache": ("response_cache",),
     "m004_session_leases": ("session_leases",),
     "m005_continuation_and_step_cache": ("step_cache",),
+    "m006_atlas": ("atlas_meta", "atlas_problems", "atlas_branches"),
 }
 INDEXES = {"m004_session_leases": ("steps_active_idx",)}  # the one-writer rule: without it, refuse
 

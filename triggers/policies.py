@@ -70,8 +70,33 @@ class EveryK(BasePolicy):
         return [TriggerEvent("every_k", fired, score=float(position % self.k), threshold=0.0, detail={"k": self.k})]
 
 
+@dataclass(frozen=True)
+class BranchAtParams:
+    k: int = 0
+    handover: bool = False
+
+
+class BranchAt(BasePolicy):
+    """For the routing atlas: the cloud writes step k (or, with handover, the rest from k); the local model the others."""
+
+    name = "branch-at"
+    uses_cloud = True
+    Params = BranchAtParams
+
+    def check_params(self, p: BranchAtParams) -> None:
+        if p.k < 0:
+            raise PolicyError("k must be >= 0")
+
+    def before_step(self, steps: Sequence[Step]) -> Action:
+        reasoning = [s for s in steps if s.kind != "plan"]
+        if len(reasoning) == self.cfg.k and not any(s.author == "cloud" for s in steps):
+            return Action("handover" if self.cfg.handover else "rewrite", trigger="atlas_branch",
+                          reason=f"the atlas branch at step {self.cfg.k}")
+        return ACCEPT
+
+
 POLICIES: dict[str, type] = {p.name: p for p in (LocalOnly, CloudOnly, EveryK, TrimThr, TrimBudget, TrimLearned,
-                                                 TrigReason, Hybrid)}
+                                                 TrigReason, Hybrid, BranchAt)}
 
 
 def _fields(name: str) -> tuple[type, dict[str, dataclasses.Field]]:

@@ -24,6 +24,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 # name -> (module, the first line of its help): 'edge-agent --help' lists commands without importing them.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "atlas": ("atlas", "The routing atlas: what one cloud step at each step would have done (build it, then report on it)."),
     "bench": ("tuning", "Run every problem under every policy; report accuracy, PGR, CPT, cloud tokens, cost and time."),
     "chat": ("serving", "Talk to the agent turn by turn; each turn is a session (/help lists the commands)."),
     "cloud-local": ("serving", "Serve a local GGUF as an OpenAI-compatible 'cloud' on 127.0.0.1 (priced like DeepSeek-R1)."),

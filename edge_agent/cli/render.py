@@ -264,3 +264,19 @@ def print_summaries(summaries: list[Any], meta: dict[str, Any], front: Iterable[
         if s.cloud_unavailable:
             out.print(f"[yellow]warning: the cloud was unavailable on {s.cloud_unavailable} of {s.n} problems "
                       f"under {s.policy}; those solves finished locally (see events in bench.db)[/yellow]")
+
+
+def print_atlas(result: dict[str, Any]) -> None:
+    """The atlas's reference rows, then each free signal's AUROC for "a cloud step here fixes / breaks"."""
+    f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
+    table = Table("policy", "acc", "PGR", "cloud out/pb", "share of cloud-only")
+    for r in result["rows"]:
+        table.add_row(r["policy"], f"{r['accuracy']:.1%}", f(r["pgr"], ".2f"), f"{r['cloud_out_per_problem']:.0f}",
+                      f(r["share"], ".1%"))
+    out = console()
+    out.print(f"atlas: {result['n']} problems, {result['branches']} step branches")
+    out.print(table)
+    signals = Table("signal at step k", "AUROC: a cloud step here fixes a wrong answer", "AUROC: ... breaks a right one")
+    for name, v in result["auroc"].items():
+        signals.add_row(name, f(v["fix"], ".2f"), f(v["break"], ".2f"))
+    out.print(signals)

@@ -1,0 +1,90 @@
+"""``atlas build`` and ``atlas report``: what escalating each step would have done, and the references."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..atlas import AtlasPlan, build, check_meta, summarize
+from ..bench import load_dataset
+from ..config import load_config
+from ..errors import InputError
+from ..factory import Agents, CloudOptions, RunOptions, open_db, require_cloud
+from ..presets import DEFAULT_PRESET
+from ..step_cache import model_identity
+from .options import cloud_options, json_option, limit_option, run_options
+from .render import bench_progress, console, join_progress, print_atlas
+
+
+@click.group()
+def atlas() -> None:
+    """The routing atlas: what one cloud step at each step would have done (build it, then report on it)."""
+
+
+@atlas.command("build")
+@click.option("--dataset", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="JSONL file with fields id, problem, answer.")
+@limit_option
+@run_options("dataset")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Folder for atlas.db (resumable: run the same command again to finish it).")
+@click.option("--max-k", default=8, show_default=True, type=click.IntRange(1, 64),
+              help="Branches per trace: one per step k < MAX_K.")
+@click.option("--handover/--no-handover", default=True, show_default=True,
+              help="Also a handover branch at k = 0 and at the first k whose step branch fixed the answer.")
+@click.option("--cloud-only/--no-cloud-only", default=True, show_default=True,
+              help="Also the cloud alone on each problem (the reference for PGR).")
+@cloud_options
+@json_option
+def atlas_build(dataset: str, limit: int | None, run: RunOptions, out_dir: str, max_k: int, handover: bool,
+                cloud_only: bool, cloud: CloudOptions, as_json: bool) -> None:
+    """Build (or finish) an atlas: the edge's trace per problem and a cloud-step branch at each step."""
+    problems = load_dataset(Path(dataset), limit)
+    cfg = load_config()
+    run = replace(run, step_cache=True)  # a branch replays the trace's steps before k
+    agents = Agents.build(cfg, run, cloud, progress=join_progress())
+    require_cloud(["branch-at"], agents.cloud, sweep=True)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot use --out {out}: {e.strerror}: pass a writable folder") from None
+    db = open_db(str(out / "atlas.db"))
+    check_meta(db, _meta(run, agents), str(out))
+    settings = run.settings()
+    with bench_progress(as_json) as bar:
+        task = bar.add_task("atlas", total=len(problems))
+        build(lambda policy: agents.agent(policy, db), db, problems, settings, AtlasPlan(max_k, handover, cloud_only),
+              lambda row: bar.update(task, advance=1, description=f"atlas {row['id']}"))
+    result = summarize(db)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    print_atlas(result)
+    console().print(f"atlas in {out / 'atlas.db'} · 'edge-agent atlas report {out}' prints it again")
+
+
+def _meta(run: RunOptions, agents: Agents) -> dict[str, Any]:
+    edge = agents.local()
+    return {"edge": {"name": run.model or DEFAULT_PRESET, "identity": model_identity(edge)},
+            "cloud": f"{agents.cloud.provider}:{agents.cloud.model}", "max_steps": run.max_steps,
+            "max_step_tokens": run.max_step_tokens}
+
+
+@atlas.command("report")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+@json_option
+def atlas_report(directory: str, as_json: bool) -> None:
+    """Print an atlas: local, cloud, oracle, always-step-k and random rows, and the signals' AUROC."""
+    path = Path(directory) / "atlas.db"
+    if not path.is_file():
+        raise InputError(f"no atlas in {directory}: build one with 'edge-agent atlas build --out {directory}'")
+    result = summarize(open_db(str(path), create=False))
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    print_atlas(result)
