@@ -23,6 +23,7 @@ from .errors import InputError
 from .report import session_report
 from .values import Signals
 
+ATLAS_DB = "bench.db"  # the bench's name: 'tune --atlas DIR' runs policies there, replaying both caches
 FEATURES = ("index", "tokens", "logprob", "mean_entropy", "max_entropy", "first_entropy", "min_top1", "mean_top1",
             "first_top1", "low_top1_share")
 

@@ -104,6 +104,7 @@ class FaultServer(_Server):
         self.mode = mode
         self.hang_s = hang_s
         self.replies = list(replies or [])  # mode "script": these texts in order (the last one repeats)
+        self.rules: list[tuple[str, str]] = []  # mode "by-content": (substring of the last message, reply)
         # modes "usage" (OpenAI) and "messages" (Anthropic Messages API): a good reply whose usage object is
         # exactly this, whatever it holds (negative, huge, 1.5, "12", None); set it per test
         self.usage = usage
@@ -121,6 +122,10 @@ class _FaultHandler(_Handler):
                 return self._send(400, {"error": {"message": "Expected last role to be user but got assistant",
                                                   "type": "invalid_request_error", "param": "messages"}})
             mode = "script"
+        if mode == "by-content":  # a deterministic cloud: the reply is chosen by what the last message holds
+            last = str((body.get("messages") or [{}])[-1].get("content", ""))
+            text = next((reply for needle, reply in owner.rules if needle in last), owner.replies[0])
+            return self._send(200, _completion(text))
         if mode == "script":
             text = owner.replies.pop(0) if len(owner.replies) > 1 else owner.replies[0]
             return self._send(200, _completion(text))

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..atlas import AtlasPlan, build, check_meta, summarize
+from ..atlas import ATLAS_DB, AtlasPlan, build, check_meta, summarize
 from ..bench import load_dataset
 from ..config import load_config
 from ..errors import InputError
@@ -31,7 +31,7 @@ def atlas() -> None:
 @limit_option
 @run_options("dataset")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
-              help="Folder for atlas.db (resumable: run the same command again to finish it).")
+              help="Folder for the atlas: bench.db and problems.jsonl (resumable: run the same command again).")
 @click.option("--max-k", default=8, show_default=True, type=click.IntRange(1, 64),
               help="Branches per trace: one per step k < MAX_K.")
 @click.option("--handover/--no-handover", default=True, show_default=True,
@@ -46,6 +46,7 @@ def atlas_build(dataset: str, limit: int | None, run: RunOptions, out_dir: str, 
     problems = load_dataset(Path(dataset), limit)
     cfg = load_config()
     run = replace(run, step_cache=True)  # a branch replays the trace's steps before k
+    cloud = replace(cloud, cache=True)  # kept, so 'tune --atlas' replays a policy's escalations from the atlas
     agents = Agents.build(cfg, run, cloud, progress=join_progress())
     require_cloud(["branch-at"], agents.cloud, sweep=True)
     out = Path(out_dir)
@@ -53,8 +54,10 @@ def atlas_build(dataset: str, limit: int | None, run: RunOptions, out_dir: str, 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot use --out {out}: {e.strerror}: pass a writable folder") from None
-    db = open_db(str(out / "atlas.db"))
+    db = open_db(str(out / ATLAS_DB))
     check_meta(db, _meta(run, agents), str(out))
+    with open(out / "problems.jsonl", "w", encoding="utf-8") as f:  # what 'tune --atlas' evaluates on
+        f.writelines(json.dumps(p) + "\n" for p in problems)
     settings = run.settings()
     with bench_progress(as_json) as bar:
         task = bar.add_task("atlas", total=len(problems))
@@ -65,7 +68,8 @@ def atlas_build(dataset: str, limit: int | None, run: RunOptions, out_dir: str, 
         click.echo(json.dumps(result))
         return
     print_atlas(result)
-    console().print(f"atlas in {out / 'atlas.db'} · 'edge-agent atlas report {out}' prints it again")
+    console().print(f"atlas in {out / ATLAS_DB} · 'edge-agent atlas report {out}' prints it again · "
+                    f"'edge-agent tune --atlas {out} --policy P --grid ...' evaluates a policy on it")
 
 
 def _meta(run: RunOptions, agents: Agents) -> dict[str, Any]:
@@ -80,7 +84,7 @@ def _meta(run: RunOptions, agents: Agents) -> dict[str, Any]:
 @json_option
 def atlas_report(directory: str, as_json: bool) -> None:
     """Print an atlas: local, cloud, oracle, always-step-k and random rows, and the signals' AUROC."""
-    path = Path(directory) / "atlas.db"
+    path = Path(directory) / ATLAS_DB
     if not path.is_file():
         raise InputError(f"no atlas in {directory}: build one with 'edge-agent atlas build --out {directory}'")
     result = summarize(open_db(str(path), create=False))

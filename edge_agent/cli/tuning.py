@@ -113,8 +113,11 @@ def _run_with_progress(runner: Bench, problems: list[dict], names: list[str], db
 
 
 @click.command()
-@click.option("--dataset", required=True, type=click.Path(dir_okay=False, path_type=str),
+@click.option("--dataset", type=click.Path(dir_okay=False, path_type=str),
               help="JSONL file with fields id, problem, answer (tuning reads only this).")
+@click.option("--atlas", "atlas_dir", type=click.Path(file_okay=False, path_type=str),
+              help="Instead of --dataset and --out: evaluate on an atlas ('atlas build'), replaying its local "
+                   "steps and cloud replies; only where a policy leaves the atlas is anything computed (and kept).")
 @click.option("--policy", "policy_name", help="Policy to tune, e.g. trim-thr (not with --learn).")
 @click.option("--grid", help='Parameter grid, e.g. "tau=0.5,0.6,0.7;scorer=logprob".')
 @click.option("--target-escalation-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -141,14 +144,15 @@ def _run_with_progress(runner: Bench, problems: list[dict], names: list[str], db
 @step_cache_option
 @cloud_options
 @json_option
-def tune(dataset: str, policy_name: str | None, grid: str | None, target_escalation_rate: float | None,
+def tune(dataset: str | None, atlas_dir: str | None, policy_name: str | None, grid: str | None, target_escalation_rate: float | None,
          target_pgr: float, learn: bool, label: str, write_config: bool, limit: int | None, run: RunOptions,
          out_dir: str, baselines: bool, cache_responses: bool, step_cache: bool, cloud: CloudOptions,
          as_json: bool) -> None:
     """Sweep a policy's parameters (Pareto front), calibrate its threshold, or train trim-learned (--learn)."""
     run = replace(run, step_cache=step_cache)
     cfg = load_config()
-    sweep = Sweep(dataset, limit, out_dir, resume=True)  # re-running a tune continues it
+    source, out = _sweep_source(dataset, atlas_dir, out_dir)
+    sweep = Sweep(source, limit, out, resume=True)  # re-running a tune continues it
     if learn:
         if policy_name or grid or target_escalation_rate is not None:
             raise InputError("--learn trains trim-learned: drop --policy, --grid and --target-escalation-rate")
@@ -183,6 +187,18 @@ def tune(dataset: str, policy_name: str | None, grid: str | None, target_escalat
         print_summaries(summaries, meta, front)
         console().print("Pareto front (★): " + " → ".join(s.policy for s in front))
     console().print(f"chosen: {name} {chosen}" + (f" · written to {written}" if written else ""))
+
+
+def _sweep_source(dataset: str | None, atlas_dir: str | None, out_dir: str) -> tuple[str, str]:
+    """(dataset, out): the given ones, or an atlas's problems and folder (its caches make a sweep nearly free)."""
+    if (dataset is None) == (atlas_dir is None):
+        raise InputError("pass either --dataset FILE or --atlas DIR")
+    if atlas_dir is None:
+        return dataset, out_dir
+    problems = Path(atlas_dir) / "problems.jsonl"
+    if not problems.is_file():
+        raise InputError(f"no atlas in {atlas_dir}: build one with 'edge-agent atlas build --out {atlas_dir}'")
+    return str(problems), atlas_dir
 
 
 def grid_points(grid: str) -> list[dict[str, str]]:
