@@ -212,3 +212,26 @@ def _aurocs(db: Any, problems: list[dict], steps: dict[str, list[dict]]) -> dict
             for f in FEATURES:
                 target[f].append(feats[b["k"]][f])
     return {f: {"fix": auroc(fix[f], fix_y), "break": auroc(brk[f], brk_y)} for f in FEATURES}
+
+
+def plot(result: dict[str, Any], path: Any) -> Any:
+    """Accuracy against cloud output tokens per problem, one point per reference row (PNG); None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in result["rows"]:
+        ax.scatter(r["cloud_out_per_problem"], r["accuracy"])
+        ax.annotate(r["policy"], (r["cloud_out_per_problem"], r["accuracy"]), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.set_xlabel("cloud output tokens per problem")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"routing atlas: {result['n']} problems")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -61,7 +61,9 @@ def test_branches_record_what_a_cloud_step_at_each_k_does_and_the_report_reads_t
     # the cloud step continued the edge's own turn: its prefix is the trace's first two steps
     assert server.requests[2]["body"]["messages"][-1]["content"] == WRONG[0] + "\n\n" + WRONG[1] + "\n\n"
     again = run_cli("atlas", "report", str(tmp_path / "atlas"), "--json")  # the report alone reads the same
-    assert json.loads(again.stdout)["rows"] == result["rows"] and len(server.requests) == 6
+    report = json.loads(again.stdout)
+    assert report["rows"] == result["rows"] and len(server.requests) == 6
+    assert report["plot"] and (tmp_path / "atlas" / "atlas.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_killed_build_resumes_and_computes_no_branch_twice(fault_server, tmp_path):

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..atlas import ATLAS_DB, AtlasPlan, build, check_meta, summarize
+from ..atlas import ATLAS_DB, AtlasPlan, build, check_meta, plot, summarize
 from ..bench import load_dataset
 from ..config import load_config
 from ..errors import InputError
@@ -88,7 +88,10 @@ def atlas_report(directory: str, as_json: bool) -> None:
     if not path.is_file():
         raise InputError(f"no atlas in {directory}: build one with 'edge-agent atlas build --out {directory}'")
     result = summarize(open_db(str(path), create=False))
+    png = plot(result, Path(directory) / "atlas.png")
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(json.dumps({**result, "plot": str(png) if png else None}))
         return
     print_atlas(result)
+    if png:
+        console().print(f"wrote {png}")
