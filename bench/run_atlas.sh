@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds the routing atlas of the bench pair (Qwen2.5-Coder-0.5B edge, Qwen2.5-Coder-1.5B on loopback as
+# the cloud, cloud steps by continuation) and prints its report. Resumable: re-run it after an interruption.
+#   bash bench/run_atlas.sh [LIMIT] [DATASET] [MAX_K]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+limit=${1:-200}
+dataset=${2:-../shared/data/gsm8k_dev.jsonl}
+max_k=${3:-8}
+name=$(basename "$dataset" .jsonl)_${limit}
+edge-agent models --install qwen2.5-coder-0.5b >/dev/null
+edge-agent models --install qwen2.5-coder-1.5b >/dev/null
+
+port=${PORT:-8766}
+edge-agent cloud-local --model qwen2.5-coder-1.5b --port "$port" > "/tmp/edge-agent-cloud-$port.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null' EXIT
+for _ in $(seq 1 240); do
+  curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null && break
+  sleep 0.5
+done
+
+out=bench/atlas/$name
+mkdir -p "$out"
+cfg=$PWD/bench/atlas/config.toml
+printf '[cloud]\ntimeout_s = 600\nmax_retries = 0\ncontinuation = "on"\n' > "$cfg"
+EDGE_AGENT_CONFIG=$cfg edge-agent atlas build --dataset "$dataset" --limit "$limit" --max-k "$max_k" \
+  --model qwen2.5-coder-0.5b --cloud openai:local --cloud-base-url "http://127.0.0.1:$port/v1" --out "$out"
+EDGE_AGENT_CONFIG=$cfg edge-agent atlas report "$out" --json > "$out/report.json"
+EDGE_AGENT_CONFIG=$cfg edge-agent atlas report "$out"
