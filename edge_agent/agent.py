@@ -190,13 +190,7 @@ class Agent(CloudActions):
                 self._commit(r, step, events if n == 0 else [])
             return bool(written)
         if pre.kind == "handover":
-            left = r.settings.max_steps - sum(1 for s in r.steps if s.kind != "plan")
-            written = self.handover(r.sid, r.problem, r.steps, index, left, events,
-                                    max_tokens=min(r.settings.max_step_tokens * left, 768), trigger=pre.trigger,
-                                    continuation=r.continuation)
-            for n, step in enumerate(written):
-                self._commit(r, step, events if n == 0 else [])
-            return bool(written)
+            return self._handover(r, index, pre.trigger, events, events)
         if pre.kind == "plan":
             step = self.plan(r.sid, r.problem, events)
         else:
@@ -264,17 +258,21 @@ class Agent(CloudActions):
             self._commit(r, written, events + [replaced], rollback=back)
             return True
         if action.kind == "handover":
-            left = r.settings.max_steps - sum(1 for s in r.steps if s.kind != "plan")
-            steps = self.handover(r.sid, r.problem, r.steps, index, left, events,
-                                  max_tokens=min(r.settings.max_step_tokens * left, 768), trigger=action.trigger,
-                                  continuation=r.continuation)
-            for n, written in enumerate(steps):
-                self._commit(r, written, events + [replaced] if n == 0 else [])
-            return bool(steps)
+            return self._handover(r, index, action.trigger, events, events + [replaced])
         written = self._cloud_step(r, index, action.trigger, events)
         if written is not None:
             self._commit(r, written, events + [replaced])
         return written is not None
+
+    def _handover(self, r: "_Run", index: int, trigger: str | None, events: list, first_events: list) -> bool:
+        """The cloud writes the rest from step ``index``; its first step carries ``first_events``."""
+        left = r.settings.max_steps - sum(1 for s in r.steps if s.kind != "plan")
+        steps = self.handover(r.sid, r.problem, r.steps, index, left, events,
+                              max_tokens=min(r.settings.max_step_tokens * left, 768), trigger=trigger,
+                              continuation=r.continuation)
+        for n, written in enumerate(steps):
+            self._commit(r, written, first_events if n == 0 else [])
+        return bool(steps)
 
     def _cloud_step(self, r: "_Run", index: int, trigger: str | None, events: list) -> Step | None:
         """The cloud writes step ``index`` in the session's mode; a refused prefill turns the mode off for good."""
