@@ -112,6 +112,7 @@ class LocalModel:
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         self.seed = seed
+        self.identity: str | None = None  # the weights' sha256 when known (a verified preset); see step_cache
         self._llm: Any = None
         self._kv: list[int] = []  # tokens whose KV entries are in the context, in order
         self._eog: frozenset[int] = frozenset()

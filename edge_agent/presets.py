@@ -269,4 +269,8 @@ def open_model(name_or_path: str | None, *, n_ctx: int = 4096, n_threads: int | 
         return ScriptedModel(path, n_ctx=n_ctx)
     from .local import LocalModel
 
-    return LocalModel(path, name, n_ctx=n_ctx, n_threads=n_threads)
+    model = LocalModel(path, name, n_ctx=n_ctx, n_threads=n_threads)
+    preset = PRESETS.get(name)
+    if preset is not None and preset.sha256:  # a verified preset is the same model on every machine
+        model.identity = f"sha256:{preset.sha256}"
+    return model

@@ -23,7 +23,10 @@ from .values import Signals
 
 
 def model_identity(model: Any) -> str:
-    """What makes a model the same model: its file (resolved path, size, mtime), not its name."""
+    """What makes a model the same model: a verified preset's sha256 (the same on every machine), else
+    its file (resolved path, size, mtime), never its name."""
+    if getattr(model, "identity", None):
+        return model.identity
     path = getattr(model, "script_path", None) or getattr(model, "path")
     path = os.path.realpath(str(path))
     st = os.stat(path)

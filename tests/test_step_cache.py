@@ -85,3 +85,16 @@ def test_bench_twice_replays_every_local_step_and_gets_the_same_accuracies(tmp_p
     assert [s["accuracy"] for s in a] == [s["accuracy"] for s in b] == [1 / 3, 1 / 3]
     text = run_cli(*args[:-1], "--resume").stdout.decode()  # the table's line on the cache
     assert "step cache:" in text
+
+
+def test_a_verified_preset_is_known_by_its_sha256_wherever_its_file_lies(tmp_path, monkeypatch):
+    from edge_agent import presets
+
+    gguf = tmp_path / "joined.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 16)
+    preset = presets.PRESETS["qwen2.5-coder-0.5b"]
+    monkeypatch.setattr(presets, "resolve_model", lambda name, progress=None: (name, gguf))
+    model = presets.open_model("qwen2.5-coder-0.5b")
+    assert model_identity(model) == f"sha256:{preset.sha256}"
+    os.utime(gguf, ns=(1, 1))  # joined again on another machine: another mtime, the same model
+    assert model_identity(presets.open_model("qwen2.5-coder-0.5b")) == f"sha256:{preset.sha256}"
