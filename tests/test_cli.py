@@ -110,3 +110,25 @@ def test_cli_start_imports_no_heavy_package():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout.decode().strip()
     assert out == ""
+
+
+def test_cloud_local_stops_its_server_when_terminated():
+    """A script's 'kill' (SIGTERM) of cloud-local takes its model server down with it."""
+    import signal
+    import time
+    import urllib.request
+
+    from edge_agent.cloud_local import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "cloud-local", "--model", "smollm2-135m",
+                             "--port", str(port), "--n-ctx", "512"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert b"serving" in proc.stdout.readline()  # printed once the server answers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        time.sleep(0.5)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+    finally:
+        proc.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 from typing import Any
@@ -120,8 +121,13 @@ def cloud_local(model: str, port: int | None, n_ctx: int) -> None:
     click.echo(f"serving {path.name} at {base}")
     click.echo(f"use: edge-agent solve ... --cloud openai:local --cloud-base-url {base} --policy every-k")
     click.echo("Ctrl-C stops it.")
+    # a SIGTERM (a script's 'kill') stops the server too: without this the child would outlive us
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(10)
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
