@@ -11,14 +11,7 @@ name=$(basename "$dataset" .jsonl)_${limit}
 edge-agent models --install qwen2.5-coder-0.5b >/dev/null
 edge-agent models --install qwen2.5-coder-1.5b >/dev/null
 
-port=${PORT:-8766}
-edge-agent cloud-local --model qwen2.5-coder-1.5b --port "$port" > "/tmp/edge-agent-cloud-$port.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null' EXIT
-for _ in $(seq 1 240); do
-  curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null && break
-  sleep 0.5
-done
+source bench/cloud_local.sh
 
 out=bench/atlas/$name
 mkdir -p "$out"

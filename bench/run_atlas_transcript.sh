@@ -22,14 +22,7 @@ dst.execute("DELETE FROM atlas_branches")  # the traces, the step cache and the 
 dst.commit()
 PY
 fi
-port=${PORT:-8766}
-edge-agent cloud-local --model qwen2.5-coder-1.5b --port "$port" > "/tmp/edge-agent-cloud-$port.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null' EXIT
-for _ in $(seq 1 240); do
-  curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null && break
-  sleep 0.5
-done
+source bench/cloud_local.sh
 cfg=$PWD/$out/config.toml
 printf '[cloud]\ntimeout_s = 600\nmax_retries = 0\ncontinuation = "off"\n' > "$cfg"
 EDGE_AGENT_CONFIG=$cfg edge-agent atlas build --dataset "$dataset" --limit "$limit" --max-k "$max_k" \
