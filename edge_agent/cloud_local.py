@@ -36,6 +36,17 @@ def start_server(model_path: Path, *, port: int | None = None, alias: str = "loc
     cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
     proc = subprocess.Popen(cmd, stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v1"
+    try:
+        _wait_until_serving(proc, base, timeout_s)
+    except BaseException:  # a timeout, Ctrl-C or SIGTERM while waiting must not orphan the server
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        raise
+    return proc, base
+
+
+def _wait_until_serving(proc: subprocess.Popen, base: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -43,8 +54,7 @@ def start_server(model_path: Path, *, port: int | None = None, alias: str = "loc
         try:
             with urllib.request.urlopen(base + "/models", timeout=1) as r:
                 if r.status == 200:
-                    return proc, base
+                    return
         except (urllib.error.URLError, OSError):
             time.sleep(0.2)
-    proc.kill()
     raise CloudError(f"the local server did not answer within {timeout_s:.0f}s", "setup")

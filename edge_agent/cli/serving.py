@@ -117,12 +117,14 @@ def chat(run: RunOptions, verbose: bool, cloud: CloudOptions, db_path: str | Non
 def cloud_local(model: str, port: int | None, n_ctx: int) -> None:
     """Serve a local GGUF as an OpenAI-compatible 'cloud' on 127.0.0.1 (priced like DeepSeek-R1)."""
     _, path = resolve_model(model, progress=join_progress())
+    # a SIGTERM (a script's 'kill') stops the server too: without this the child would outlive us.
+    # Installed before the server starts and before "serving" is printed, so a script that kills
+    # us as soon as it reads that line never meets the default handler.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     proc, base = start_server(path, port=port, n_ctx=n_ctx)
     click.echo(f"serving {path.name} at {base}")
     click.echo(f"use: edge-agent solve ... --cloud openai:local --cloud-base-url {base} --policy every-k")
     click.echo("Ctrl-C stops it.")
-    # a SIGTERM (a script's 'kill') stops the server too: without this the child would outlive us
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         proc.wait()
     except KeyboardInterrupt:
