@@ -160,6 +160,14 @@ class Agent(CloudActions):
         r = _Run(session_id, state.problem, settings, list(state.steps), callbacks or Callbacks(),
                  continuation=state.settings.get("continuation") == "on")
         r.prompt = self.model.prompt_tokens(messages(state.problem))
+        self._steps_until_done(r)
+        while self._review(r):  # a policy that reviews the finished draft sent it back to a step
+            self._steps_until_done(r)
+        store.add_wall_time(self.db, session_id, time.perf_counter() - t0)
+        return RunResult(session_id, r.status, r.answer, time.perf_counter() - t0, r.new)
+
+    def _steps_until_done(self, r: "_Run") -> None:
+        settings = r.settings
         while r.status == "running":
             if sum(1 for s in r.steps if s.kind != "plan") >= settings.max_steps:
                 self._finish(r, "max_steps")
@@ -176,8 +184,32 @@ class Agent(CloudActions):
                 if self._cloud_first(r, pre, events):
                     continue
             self._local_step(r, context, room, events, check=pre.kind == "accept")
-        store.add_wall_time(self.db, session_id, time.perf_counter() - t0)
-        return RunResult(session_id, r.status, r.answer, time.perf_counter() - t0, r.new)
+
+    def _review(self, r: "_Run") -> bool:
+        """Offer the finished draft to a policy's ``review``; True if it rolled back to a step the cloud wrote."""
+        review = getattr(self.policy, "review", None)
+        if review is None or r.status == "running":
+            return False
+        action = review(r.steps, r.status)
+        if action.trigger is None:
+            return False
+        event = TriggerEvent(action.trigger, action.kind != "accept", action.score, action.threshold,
+                             detail={"review": r.status, "reason": action.reason, "step": action.at})
+        last = r.steps[-1].index if r.steps else 0
+        if action.kind != "rewrite" or action.at is None:
+            store.log_event(self.db, r.sid, last, event, "accept")
+            return False
+        pos = next(i for i, s in enumerate(r.steps) if s.index == action.at)
+        events: list = [(event, "rewrite")]
+        kept, r.steps = r.steps, r.steps[:pos]
+        written = self._cloud_step(r, action.at, action.trigger, events)
+        if written is None:  # the cloud could not (budget, error): the draft stands as it was
+            r.steps = kept
+            store.log_event(self.db, r.sid, last, event, "cloud_failed")
+            return False
+        r.steps = kept
+        self._commit(r, written, events, rollback=action.at, rollback_reason=action.trigger)
+        return True
 
     def _cloud_first(self, r: "_Run", pre: Action, events: list) -> bool:
         """The policy wants the cloud before any local draft. True if the cloud wrote something."""
@@ -324,7 +356,7 @@ class Agent(CloudActions):
                      price_out=price.output if price is not None else None)
 
     def _commit(self, r: "_Run", step: Step, events: list, *, evaluated: int = 0, rollback: int | None = None,
-                would_be_s: float | None = None) -> None:
+                would_be_s: float | None = None, rollback_reason: str = "intervention") -> None:
         """One transaction: the step (the new checkpoint), its events, the session status."""
         if step.author == "cloud" and r.cb.step_start:
             r.cb.step_start(step.index, "cloud")
@@ -333,7 +365,7 @@ class Agent(CloudActions):
         answer = extract_answer(step.text) if step.kind != "plan" else None  # a plan tells what to do, it never ends a solve
         status = "done" if answer is not None else {"eos": "ended", "context": "context_full"}.get(step.finish, "running")
         store.commit_step(self.db, r.sid, step, evaluated=evaluated, events=events, status=status, answer=answer,
-                          rollback_reason="intervention" if rollback is not None else None, would_be_s=would_be_s)
+                          rollback_reason=rollback_reason if rollback is not None else None, would_be_s=would_be_s)
         if rollback is not None:
             r.steps = r.steps[:rollback]
         r.steps.append(step)

@@ -172,6 +172,13 @@ def commit_step(
     return step_id
 
 
+def log_event(db: Database, session_id: str, step_idx: int, event: EventLike, action: str) -> None:
+    """Record a decision that wrote no step (a review that accepted the draft), in its own transaction."""
+    with write_txn(db):
+        check_writer(db, session_id)
+        record_event(db, session_id, step_idx, event, action)
+
+
 def record_event(db: Database, session_id: str, step_idx: int, event: EventLike, action: str) -> None:
     db["trigger_events"].insert(
         {

@@ -5,7 +5,6 @@ decision can explain itself. New policies register in ``POLICIES``.
 """
 
 from __future__ import annotations
-from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from .base import ACCEPT, BasePolicy, NoParams, Policy
 from .errors import PolicyError
 from .scorers import StepInputs
 from .spec import convert, parse_spec, shown_as, split_specs
+from .router import Router
 from .trigreason import Hybrid, TrigReason
 from .trim import TrimBudget, TrimLearned, TrimThr
 from .types import Action, Step, TriggerEvent
@@ -96,7 +96,7 @@ class BranchAt(BasePolicy):
 
 
 POLICIES: dict[str, type] = {p.name: p for p in (LocalOnly, CloudOnly, EveryK, TrimThr, TrimBudget, TrimLearned,
-                                                 TrigReason, Hybrid, BranchAt)}
+                                                 TrigReason, Hybrid, BranchAt, Router)}
 
 
 def _fields(name: str) -> tuple[type, dict[str, dataclasses.Field]]:

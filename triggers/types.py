@@ -85,3 +85,4 @@ class Action:
     score: float | None = None
     threshold: float | None = None
     reason: str = ""
+    at: int | None = None  # a review's rewrite: the step to roll back to and let the cloud write

@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+import store
+
 from ..atlas import ATLAS_DB, AtlasPlan, build, check_meta, plot, summarize
 from ..bench import load_dataset
 from ..config import load_config
@@ -17,7 +19,7 @@ from ..factory import Agents, CloudOptions, RunOptions, open_db, require_cloud
 from ..presets import DEFAULT_PRESET
 from ..step_cache import model_identity
 from .options import cloud_options, json_option, limit_option, run_options
-from .render import bench_progress, console, join_progress, print_atlas
+from .render import bench_progress, console, join_progress, print_atlas, print_router_fit
 
 
 @click.group()
@@ -95,3 +97,45 @@ def atlas_report(directory: str, as_json: bool) -> None:
     print_atlas(result)
     if png:
         console().print(f"wrote {png}")
+
+
+@atlas.command("fit")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+@click.option("--share", default=0.15, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
+              help="Target share of cloud-only's output tokens: sets the saved model's threshold.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 100),
+              help="Cross-validation folds (by problem).")
+@click.option("--c", "c", default=0.3, show_default=True, type=click.FloatRange(0.0, min_open=True),
+              help="Inverse regularization strength of the two logistic heads.")
+@click.option("--ablation/--no-ablation", default=True, show_default=True,
+              help="Also judge the router without each feature group, and with each group alone.")
+@click.option("--save/--no-save", default=True, show_default=True,
+              help="Save the router fit on every problem as the next router-vN.json in the models dir.")
+@json_option
+def atlas_fit(directory: str, share: float, folds: int, c: float, ablation: bool, save: bool, as_json: bool) -> None:
+    """Learn the router from an atlas: cross-validated by problem, reported beside random and the oracle."""
+    from triggers.router import save_router
+
+    from ..router_fit import bootstrap, dataset, evaluate, final_model
+
+    path = Path(directory) / ATLAS_DB
+    if not path.is_file():
+        raise InputError(f"no atlas in {directory}: build one with 'edge-agent atlas build --out {directory}'")
+    db = open_db(str(path), create=False)
+    problems = dataset(db)
+    if len(problems) < folds:
+        raise InputError(f"the atlas has {len(problems)} problems, fewer than --folds {folds}: build more or pass fewer")
+    max_k = max((r[0] for p in problems for r in p.rows), default=0) + 1
+    result = evaluate(problems, c=c, n_folds=folds, max_k=max_k, ablation=ablation)
+    result["bootstrap"] = bootstrap(problems, result["picks"], share)
+    saved = None
+    if save:
+        meta = {"dir": str(directory), **store.atlas_meta(db)}
+        file, model = save_router(final_model(problems, result, share, c, max_k, meta))
+        saved, result["model"] = str(file), {"ref": model.ref, "tau": model.tau, "max_k": model.max_k}
+    report = {k: v for k, v in result.items() if k != "picks"}
+    (Path(directory) / "router_report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    print_router_fit(report, saved)

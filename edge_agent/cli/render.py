@@ -280,3 +280,34 @@ def print_atlas(result: dict[str, Any]) -> None:
     for name, v in result["auroc"].items():
         signals.add_row(name, f(v["fix"], ".2f"), f(v["break"], ".2f"))
     out.print(signals)
+
+
+def print_router_fit(result: dict[str, Any], saved: str | None) -> None:
+    """The router's cross-validated PGR at each share beside the references, its AUROCs, the ablation."""
+    f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
+    out = console()
+    b = result["base"]
+    out.print(f"router, {result['folds']}-fold cross-validation by problem: {result['n']} problems, "
+              f"{result['rows']} candidate steps · local {b['local']:.1%}, cloud {b['cloud']:.1%}, "
+              f"cloud-only {b['cloud_out']:.0f} output tokens per problem")
+    shares = list(result["router"]["at"])
+    table = Table("policy", *(f"PGR at {float(s):.0%} (share used)" for s in shares))
+    rows = {"router (held out)": result["router"]["at"], **result["references"]}
+    for name, at in rows.items():
+        table.add_row(name, *(f"{f(at[s]['pgr'], '.2f')} ({at[s]['share']:.1%})" for s in shares))
+    out.print(table)
+    r = result["router"]
+    out.print(f"held-out AUROC: gain {f(r['auroc_gain'], '.2f')}, harm {f(r['auroc_harm'], '.2f')}, "
+              f"problem fixable {f(r['auroc_fixable'], '.2f')}")
+    if result.get("bootstrap"):
+        bs = result["bootstrap"]
+        out.print(f"router minus random at {float(bs['share']):.0%}: {bs['mean']:+.1%} accuracy "
+                  f"(95% bootstrap interval over problems {bs['low']:+.1%} to {bs['high']:+.1%})")
+    if result.get("ablation"):
+        abl = Table("features", *(f"PGR at {float(s):.0%}" for s in shares), "AUROC gain", "AUROC harm")
+        for name, v in result["ablation"].items():
+            abl.add_row(name, *(f(v["pgr_at"][s], ".2f") for s in shares), f(v["auroc_gain"], ".2f"),
+                        f(v["auroc_harm"], ".2f"))
+        out.print(abl)
+    if saved:
+        out.print(f"saved {saved} · use it with --policy router")
