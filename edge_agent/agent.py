@@ -190,11 +190,15 @@ class Agent(CloudActions):
         review = getattr(self.policy, "review", None)
         if review is None or r.status == "running":
             return False
-        action = review(r.steps, r.status)
+        # the rewrites earlier reviews made: their cloud steps may be superseded since, but they were paid for
+        sent_back = sum(1 for e in store.events(self.db, r.sid) if e["action"] == "rewrite"
+                        and '"review"' in (e.get("detail") or ""))
+        action = review(r.steps, r.status, sent_back)
         if action.trigger is None:
             return False
         event = TriggerEvent(action.trigger, action.kind != "accept", action.score, action.threshold,
-                             detail={"review": r.status, "reason": action.reason, "step": action.at})
+                             detail={"review": r.status, "reason": action.reason, "step": action.at,
+                                     **(action.detail or {})})
         last = r.steps[-1].index if r.steps else 0
         if action.kind != "rewrite" or action.at is None:
             store.log_event(self.db, r.sid, last, event, "accept")

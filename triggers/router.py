@@ -273,15 +273,23 @@ class Router(TrigReason):
         # the resolved version is part of the label, so resume uses the same model
         return {**{k: v for k, v in super().params.items() if k != "model"}, "model": self.model.ref}
 
-    def review(self, steps: Sequence[Step], status: str) -> Action:
-        """The draft is finished (``status``): roll back to the best step and let the cloud write it, or accept."""
-        if self._cloud_used(steps) >= self.cfg.max_cloud:
+    def review(self, steps: Sequence[Step], status: str, sent_back: int = 0) -> Action:
+        """The draft is finished (``status``): roll back to the best step and let the cloud write it, or accept.
+
+        ``sent_back``: how many times earlier reviews of this session rolled back (their cloud steps
+        may have been superseded since, but they count against ``max_cloud``)."""
+        others = sum(1 for s in steps if s.author == "cloud" and s.trigger != TRIGGER)
+        if others + sent_back >= self.cfg.max_cloud:
             return ACCEPT
-        best = self.model.best(candidates(self.problem, steps, status, self.model.max_k))
+        cands = candidates(self.problem, steps, status, self.model.max_k)
+        best = self.model.best(cands)
         if best is None:
             return ACCEPT
         k, net = best
+        detail = {"model": self.model.ref, "k": k,
+                  "features": dict(zip(FEATURES, (round(v, 6) for v in dict(cands)[k])))}
         if net < self.tau:
-            return Action("accept", trigger=TRIGGER, score=net, threshold=self.tau, reason=f"best step {k}")
-        index = reasoning(steps)[k].index
-        return Action("rewrite", trigger=TRIGGER, score=net, threshold=self.tau, reason=f"best step {k}", at=index)
+            return Action("accept", trigger=TRIGGER, score=net, threshold=self.tau, reason=f"best step {k}",
+                          detail=detail)
+        return Action("rewrite", trigger=TRIGGER, score=net, threshold=self.tau, reason=f"best step {k}",
+                      at=reasoning(steps)[k].index, detail=detail)

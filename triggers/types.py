@@ -86,3 +86,4 @@ class Action:
     threshold: float | None = None
     reason: str = ""
     at: int | None = None  # a review's rewrite: the step to roll back to and let the cloud write
+    detail: dict[str, Any] | None = None  # what the decision read (kept with its event)
