@@ -85,6 +85,11 @@ def _cases(tmp_path):
                                  "parameter max_cloud takes a whole number"),
         "policy int given true": (["solve", ROBE, "--policy", "every-k(k=true)"], None, "parameter k takes a whole number"),
         "policy int given 1.5": (["solve", ROBE, "--policy", "every-k(k=1.5)"], None, "parameter k takes a whole number"),
+        "router without a model": (["solve", ROBE, "--policy", "router", "--cloud", "openai:m", "--cloud-base-url",
+                                    "http://127.0.0.1:9/v1", "--price-in", "1", "--price-out", "1"], None,
+                                   "no router model in"),
+        "router tau out of range": (["solve", ROBE, "--policy", "router(tau=5)"], None, "tau must be between -1 and 1"),
+        "atlas fit on no atlas": (["atlas", "fit", str(tmp_path)], None, "no atlas in"),
         "policy parameter twice": (["solve", ROBE, "--policy", "trim-thr(tau=0.5,tau=0.9)"], None, "given twice"),
         "policy float given a word": (["solve", ROBE, "--policy", "trim-thr(tau=abc)"], None,
                                       "parameter tau takes a number"),
@@ -114,6 +119,7 @@ NAMES = [
     "policy int given true", "policy int given 1.5", "policy parameter twice", "policy float given a word",
     "huge thread count", "huge context", "FIFO as model", "non-utf8 problem argument", "non-utf8 session id",
     "non-utf8 rollback id", "wildcard session id", "wildcard show id", "non-utf8 dataset", "dataset line is an array",
+    "router without a model", "router tau out of range", "atlas fit on no atlas",
 ]
 
 
