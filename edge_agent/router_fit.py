@@ -44,6 +44,8 @@ def dataset(db: Any, max_k: int | None = None) -> list[Problem]:
         raise InputError("the atlas holds no finished problem yet: run 'edge-agent atlas build' first")
     by = {(b["problem_id"], b["kind"], b["k"]): b for b in branches}
     limit = max_k or 1 + max((b["k"] for b in branches if b["kind"] == "step"), default=0)
+    if any(b["kind"] == "cloud_only" for b in branches):  # a problem still being built has no cloud branch yet
+        problems = [p for p in problems if (p["id"], "cloud_only", 0) in by]
     out = []
     for p in problems:
         state = load_state(db, p["trace_session"])
