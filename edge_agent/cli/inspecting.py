@@ -18,9 +18,10 @@ from ..config import Config, load_config
 from ..doctor import diagnose
 from ..errors import InputError
 from ..factory import CloudOptions, open_db
-from ..presets import PRESETS, ensure_preset, preset_status
+from ..presets import (BEST_PRESET, MODELS_EXTRA, PRESETS, default_model, default_note, ensure_preset, preset_status,
+                       pulled_status, read_registry)
 from ..report import session_report
-from .options import cloud_options, db_option, json_option, verbose_option
+from .options import cloud_options, db_option, json_option, model_default, model_option, verbose_option
 from .render import (join_progress, print_cost, print_doctor, print_models, print_policies, print_sessions,
                      print_trace)
 
@@ -59,23 +60,64 @@ def show(session_id: str, verbose: bool, show_all: bool, list_events: bool, db_p
     print_trace(report, store.load_steps(db, sid, include_superseded=show_all), verbose, list_events)
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--install", "install", metavar="NAME", help="Join and verify a chunked preset now.")
 @json_option
-def models(install: str | None, as_json: bool) -> None:
-    """List local model presets: installed or not, size and path."""
+@click.pass_context
+def models(ctx: click.Context, install: str | None, as_json: bool) -> None:
+    """List local models (presets, pulled ones) and the default; 'models pull' fetches a GGUF from the Hub.
+
+    Each row: installed or not, size, path (or how to install it). The default is what --model falls back to.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     if install:
         if install not in PRESETS:
             raise InputError(f"unknown model preset {install!r}: use one of {', '.join(PRESETS)}")
         path = ensure_preset(PRESETS[install], progress=join_progress())
         if not as_json:
             click.echo(f"{install}: {path}")
-    rows = [preset_status(p) for p in PRESETS.values()]
+    default = default_model()
+    rows = [{**preset_status(p), "kind": "preset"} for p in PRESETS.values()]
+    rows += [{**pulled_status(name, entry), "kind": "pulled"} for name, entry in sorted(read_registry().items())]
+    rows = [{**r, "default": r["name"] == default} for r in rows]
     if as_json:
         click.echo(json.dumps(rows))
         return
     print_models(rows)
-    click.echo("Any GGUF file also works: edge-agent solve --model /path/to/model.gguf ...")
+    note = default_note(default)
+    click.echo(f"default (no --model, no EDGE_AGENT_MODEL): {default}"
+               + (f" · {MODELS_EXTRA} for {BEST_PRESET}" if note else ""))
+    click.echo("Any GGUF file also works: edge-agent solve --model /path/to/model.gguf ... "
+               "(or fetch one: edge-agent models pull REPO/FILE.gguf)")
+
+
+@models.command()
+@click.argument("spec", metavar="REPO/FILE.gguf")
+@click.option("--name", help="Name to pass as --model (default: the file name without .gguf; not a preset's).")
+@click.option("--sha256", metavar="HEX", help="Expected sha256; needed when the hub reports none for the file.")
+@click.option("--revision", metavar="REV", help="Branch, tag or commit (default: main).")
+@json_option
+def pull(spec: str, name: str | None, sha256: str | None, revision: str | None, as_json: bool) -> None:
+    """Download a GGUF from the Hugging Face Hub, verify its sha256 and register it as a --model name.
+
+    Uses HF_ENDPOINT (a mirror) and HF_TOKEN (gated or private repos); goes online even under
+    HF_HUB_OFFLINE, which edge-agent sets for every other command. A failed download installs nothing.
+    """
+    from ..pull import parse_request, pull_model  # huggingface_hub: imported only to pull
+
+    request = parse_request(spec, name, sha256, revision)
+    try:
+        record = pull_model(request)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: nothing was installed; run the same pull again (it starts over)", err=True)
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps(record))
+        return
+    click.echo(f"pulled {record['name']}: {record['path']} ({record['size_bytes'] / 2**20:.1f} MiB, "
+               f"sha256 {record['sha256'][:12]}… verified against {record['sha256_source']})")
+    click.echo(f"use: edge-agent solve --model {record['name']} ...")
 
 
 def spend_summary(db: Any, cfg: Config, days: int) -> dict[str, Any]:
@@ -133,7 +175,7 @@ def policies(as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--model", "-m", envvar="EDGE_AGENT_MODEL", help="Preset name or GGUF path to check (default: the default preset).")
+@model_option("Preset, pulled model or GGUF path to check.")
 @cloud_options
 @db_option
 @json_option
@@ -157,4 +199,4 @@ def first_run() -> None:
     """Bare ``edge-agent``: the doctor's checks with a greeting, from the environment alone."""
     env = os.environ.get  # click fills envvar defaults only for a parsed command line
     cloud = CloudOptions(spec=env("EDGE_AGENT_CLOUD"), base_url=env("OPENAI_BASE_URL"))
-    run_doctor(env("EDGE_AGENT_MODEL"), cloud, env("EDGE_AGENT_DB"), False, first_run=True)
+    run_doctor(env("EDGE_AGENT_MODEL") or model_default(), cloud, env("EDGE_AGENT_DB"), False, first_run=True)

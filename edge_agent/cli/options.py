@@ -10,8 +10,9 @@ from typing import Any
 import click
 
 from ..factory import CloudOptions, RunOptions
+from ..presets import default_model, default_note
 
-MODEL_HELP = "Preset name or path to a GGUF file (see 'models')."
+MODEL_HELP = "Preset, pulled model or path to a GGUF file (see 'models')."
 LOCAL_CTX_HELP = "Local model context size in tokens."
 
 # Per job, the help of each run option (a job without "policy" or "temperature" has no such flag).
@@ -42,12 +43,32 @@ RUN_HELP: dict[str, dict[str, Any]] = {
         "n_ctx": LOCAL_CTX_HELP,
     },
     "dataset": {  # bench and tune: the policies come from their own flags
-        "model": "Local model: preset name or GGUF path.",
+        "model": "Local model: preset, pulled model or GGUF path.",
         "max_steps": "Step cap per problem.",
         "max_step_tokens": "Token cap per step.",
         "n_ctx": "Local context size.",
     },
 }
+
+
+def model_default() -> str:
+    """``--model`` when neither the flag nor EDGE_AGENT_MODEL is given: the best preset installed.
+
+    Looks for files only (no import, no load), and only when a command runs, never for ``--help``.
+    When that is the smoke-test model it says so on stderr, once per command."""
+    name = default_model()
+    note = default_note(name)
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    if note and not meta.get("edge_agent.model_note"):
+        meta["edge_agent.model_note"] = True
+        click.echo(note, err=True)
+    return name
+
+
+def model_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--model", "-m", envvar="EDGE_AGENT_MODEL", default=model_default,
+                        help=help_text + " Default: the best preset installed (env EDGE_AGENT_MODEL).")
 
 
 def _gather(f: Callable[..., Any], into: str, build: Callable[[dict[str, Any]], Any], names: list[str],
@@ -67,7 +88,7 @@ def _gather(f: Callable[..., Any], into: str, build: Callable[[dict[str, Any]], 
 def run_options(job: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--model, [--policy], --max-steps, --max-step-tokens, --n-ctx, [--temperature, --seed] -> ``run``."""
     helps = RUN_HELP[job]
-    opts = [click.option("--model", "-m", envvar="EDGE_AGENT_MODEL", help=helps["model"])]
+    opts = [model_option(helps["model"])]
     if "policy" in helps:
         default, text = helps["policy"]
         opts.append(click.option("--policy", default=default, show_default=default is not None, help=text))
