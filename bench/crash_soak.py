@@ -49,7 +49,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             db = os.path.join(d, "soak.db")
             env = {**os.environ, "EDGE_AGENT_DB": db}
-            cmd = [sys.executable, "-m", "edge_agent.cli", "solve", PROBLEM, "--json", "--max-steps", "8",
+            cmd = [sys.executable, "-m", "edge_agent.cli", "solve", PROBLEM, "--json", "--model", "smollm2-135m", "--max-steps", "8",
                    "--max-step-tokens", "24", "--temperature", "0.9", "--seed", str(r), *extra]
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
             time.sleep(rng.uniform(0.3, 3.0))
