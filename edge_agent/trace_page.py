@@ -157,7 +157,7 @@ def esc(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
-def usd(nusd: int | float | None) -> str:
+def usd(nusd: float | None) -> str:
     return f"${(nusd or 0) / 1e9:.6f}"
 
 
@@ -299,7 +299,7 @@ def step_html(r: dict[str, Any], events: list[dict[str, Any]], calls: list[dict[
     drafts = [e for e in events if e["trigger"] == "local_draft"]
     shown = [e for e in events if e["trigger"] != "local_draft"]
     return (
-        f"<li class=\"{classes}\"{anchor} data-idx=\"{r['idx']}\" data-author=\"{esc(author)}\" data-kind=\"{esc(kind)}\">"
+        f"<li class=\"{classes}\"{anchor} data-idx=\"{r['idx']}\" data-step=\"{esc(r['id'])}\" data-author=\"{esc(author)}\" data-kind=\"{esc(kind)}\">"
         f"<div class=\"head\"><span class=\"author\">{esc(author)}</span> <b>step {r['idx']}</b> · {esc(kind)}{trigger} · "
         f"{r['tokens']} tok · {r['seconds'] or 0:.2f}s{mark}</div>"
         f"{badges(shown)}<pre class=\"text\">{esc(r['text'])}</pre>"

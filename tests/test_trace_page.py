@@ -70,7 +70,7 @@ def start_serve(db: Path, script: Path, env: dict[str, str], log: Path):
     from edge_agent.cloud_local import free_port
 
     port = free_port()
-    out = open(log, "wb")
+    out = open(log, "wb")  # noqa: SIM115  (the server writes to it until stop(); closed by the caller)
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "serve", "--model", f"script:{script}",
                              "--db", str(db), "--port", str(port), "--token", TOKEN],
                             stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -136,7 +136,7 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str
 class Tree(HTMLParser):
     """A minimal DOM: nodes are dicts with tag, attrs and children (nodes and text)."""
 
-    VOID = {"meta", "br", "img", "input", "link", "hr", "wbr"}
+    VOID = frozenset({"meta", "br", "img", "input", "link", "hr", "wbr"})
 
     def __init__(self, html: str) -> None:
         super().__init__()
@@ -229,10 +229,12 @@ def check_trace(dom: str, db: Path, sid: str) -> None:
                  and b["attrs"].get("data-threshold") == str(e["threshold"])]
         assert match, f"no badge for {e['trigger']} {e['score']} vs {e['threshold']}"
         assert all(f"{e['score']:.3g} vs threshold {e['threshold']:.3g}" in text(b) for b in match)
-    for r in steps:  # a cloud step shows the badge of the trigger that called the cloud
-        if r["author"] == "cloud" and r["superseded_by"] is None and r["trigger"]:
-            step = next(n for n in active if int(n["attrs"]["data-idx"]) == r["idx"])
+    by_id = {n["attrs"]["data-step"]: n for n in shown}
+    for r in steps:  # a cloud step, superseded or not, shows its own call and the trigger that made it
+        if r["author"] == "cloud":
+            step = by_id[r["id"]]
             assert any(b["attrs"]["data-trigger"] == r["trigger"] for b in nodes(step, "span", "badge"))
+            assert list(nodes(step, "div", "call")), f"step {r['idx']} ({r['id']}) shows no cloud call"
 
     calls = db_rows(db, "SELECT * FROM cloud_calls WHERE session_id = ? ORDER BY id", [sid])
     shown_calls = [text(c) for c in nodes(tree.root, "div", "call")]
@@ -255,7 +257,7 @@ def chromium(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                                "--no-first-run", "--disable-background-networking", "--disable-component-update",
                                "--disable-sync", f"--user-data-dir={user_dir}", *args],
-                              capture_output=True, timeout=timeout)
+                              capture_output=True, timeout=timeout, check=False)
 
 
 def dump_dom(url: str) -> str:
