@@ -76,15 +76,20 @@ def start_serve(db: Path, script: Path, env: dict[str, str], log: Path):
                             stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, "serve exited: " + log.read_text(errors="replace")[-2000:]
-        assert time.monotonic() < deadline, "serve did not start: " + log.read_text(errors="replace")[-2000:]
-        try:
-            if _get(f"{base}/?token={TOKEN}")[0] == 200:
-                return proc, base, out
-        except OSError:
-            pass
-        time.sleep(0.2)
+    try:
+        while True:
+            assert proc.poll() is None, "serve exited: " + log.read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "serve did not start: " + log.read_text(errors="replace")[-2000:]
+            try:
+                if _get(f"{base}/?token={TOKEN}")[0] == 200:
+                    return proc, base, out
+            except OSError:
+                pass
+            time.sleep(0.2)
+    except BaseException:
+        stop(proc)  # never leave a server behind
+        out.close()
+        raise
 
 
 def stop(proc: subprocess.Popen) -> None:
