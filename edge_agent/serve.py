@@ -40,6 +40,7 @@ from .factory import uses_cloud
 from .prompts import messages
 from .report import session_report
 from .serve_wire import chunk, completion, finish_reason, sse, summary, usage
+from .trace_page import register as register_trace_pages
 from .values import Step
 
 log = logging.getLogger("edge_agent.serve")
@@ -62,6 +63,7 @@ class ServeOptions:
     max_body_bytes: int = MAX_BODY_BYTES
     max_queue: int = 4  # requests that may wait while one runs; more are refused with 429
     session_meta: dict[str, Any] = field(default_factory=dict)  # stored in each session's settings (resume needs it)
+    open_db: Callable[[], Any] | None = None  # a new DB connection for the trace pages (GET /, /sessions/ID)
 
 
 class ApiError(Exception):
@@ -301,6 +303,8 @@ def create_app(make_agent: Callable[[str], Agent], options: ServeOptions) -> Fas
         check_auth(request, options.token)
         return await complete(worker, options, await read_json(request, options.max_body_bytes))
 
+    if options.open_db is not None:
+        register_trace_pages(app, options.token, options.open_db)
     return app
 
 

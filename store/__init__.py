@@ -21,7 +21,7 @@ _HOMES = {
     **{name: "repo" for name in ("FINISHED",
         "add_wall_time", "SessionState", "check_rollback", "cloud_calls", "commit_step",
         "ensure_resumable", "events", "list_sessions", "load_state", "load_steps", "new_session",
-        "log_event", "record_event", "resolve_id", "rollback_to", "set_status", "update_settings",
+        "log_event", "record_event", "resolve_id", "rollback_to", "rollbacks", "set_status", "update_settings",
         "StepRow", "StepLike", "EventLike")},
 }
 

@@ -294,6 +294,11 @@ def cloud_calls(db: Database, session_id: str) -> list[dict[str, Any]]:
     return list(db["cloud_calls"].rows_where("session_id = ?", [session_id], order_by="id"))
 
 
+def rollbacks(db: Database, session_id: str) -> list[dict[str, Any]]:
+    """The session's rollbacks, oldest first; each step they superseded names one in ``superseded_by``."""
+    return list(db["rollbacks"].rows_where("session_id = ?", [session_id], order_by="id"))
+
+
 def rollback_to(db: Database, session_id: str, to_idx: int, reason: str = "user") -> str:
     """Mark active steps with index >= ``to_idx`` superseded (never deleted); return the rollback id.
 

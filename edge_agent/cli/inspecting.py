@@ -46,13 +46,22 @@ def sessions(limit: int, db_path: str | None, as_json: bool) -> None:
 @click.option("--all", "show_all", is_flag=True, help="Also show steps superseded by rollbacks.")
 @click.option("--events", "list_events", is_flag=True,
               help="List every trigger firing, including those refused by the budget or offline.")
+@click.option("--open", "open_page", is_flag=True,
+              help="Print the URL of the session's trace page in 'edge-agent serve' instead of the trace.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="With --open: the host serve listens on.")
+@click.option("--port", default=8088, show_default=True, type=click.IntRange(1, 65535),
+              help="With --open: the port serve listens on.")
 @db_option
 @json_option
-def show(session_id: str, verbose: bool, show_all: bool, list_events: bool, db_path: str | None,
-         as_json: bool) -> None:
+def show(session_id: str, verbose: bool, show_all: bool, list_events: bool, open_page: bool, host: str, port: int,
+         db_path: str | None, as_json: bool) -> None:
     """Print a session's full trace from the database."""
     db = open_db(db_path, create=False)
     sid = store.resolve_id(db, session_id)
+    if open_page:
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/sessions/{sid}"
+        click.echo(json.dumps({"session_id": sid, "url": url}) if as_json else url)
+        return
     report = session_report(db, sid, verbose=True)
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False))

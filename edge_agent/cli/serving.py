@@ -33,7 +33,7 @@ from .render import Renderer, join_progress
 @db_option
 def serve(host: str, port: int, token: str | None, run: RunOptions, max_queue: int, cloud: CloudOptions,
           db_path: str | None) -> None:
-    """Serve the agent as an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models)."""
+    """Serve the agent as an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models) and trace pages (GET /)."""
     try:  # an optional extra: import it only when asked to serve
         from ..serve import ServeOptions, create_app, run_server
     except ImportError:
@@ -58,7 +58,8 @@ def serve(host: str, port: int, token: str | None, run: RunOptions, max_queue: i
 
     options = ServeOptions(default_policy=label, resolve_policy=lambda spec: policy_label(cfg, spec),
                            settings=settings, has_cloud=agents.cloud is not None, token=token, max_queue=max_queue,
-                           session_meta=session_meta(cloud, agents.cloud))
+                           session_meta=session_meta(cloud, agents.cloud),
+                           open_db=lambda: open_db(db_path, create=False))
     app = create_app(make_agent, options)
     app.state.worker.call(lambda: make_agent(label).model.llm)  # load now: a bad model fails before we listen
     base_url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1"
@@ -66,6 +67,7 @@ def serve(host: str, port: int, token: str | None, run: RunOptions, max_queue: i
                + (f" · cloud {agents.cloud.provider}:{agents.cloud.model}" if agents.cloud else " · no cloud")
                + (" · token required" if token else ""))
     click.echo(f"use: OpenAI(base_url={base_url!r}, api_key={'TOKEN' if token else 'any'!r}) · Ctrl-C stops")
+    click.echo(f"trace pages: {base_url[:-3]}/" + ("?token=TOKEN" if token else ""))
     run_server(app, host, port)
 
 
