@@ -1,7 +1,8 @@
 """edge-agent as a model of simonw's ``llm`` CLI: ``llm -m edge-agent "What is 17 * 23?"`` runs a solve.
 
-llm imports every installed plugin at startup, even for ``llm --help``, so this module imports only llm
-and pydantic; the config, the store, the agent and the local model are imported inside ``execute``.
+llm imports every installed plugin at startup, even for ``llm --help``, so at import this module adds
+only llm, pydantic and the light ``edge_agent`` package; the config, the store's database, the agent, the
+local model (llama_cpp) and the cloud SDKs are imported inside option validation and ``execute``.
 
 One prompt is one edge-agent session, built as ``solve`` builds it (``edge_agent.factory``: the same
 config, cloud, caps and policy labels) and stored in edge-agent's own database. llm then logs the
