@@ -387,13 +387,14 @@ def test_show_open_prints_the_page_url(served):
 def test_trace_page_of_a_real_solve_on_the_embedded_model(tmp_path, smol_path, fault_server):
     """The same page for a session the real embedded model (smollm2-135m) wrote, with a scripted cloud.
 
-    every-k(k=2) has the cloud rewrite steps 1 and 3, so the session has local and cloud steps and
-    scored trigger events whatever the model writes; the rollback regenerates from step 1.
+    hybrid(plan=always) has the cloud write a plan before the first local step, so the session has
+    local and cloud steps and a trigger event whatever the model writes; the rollback regenerates
+    from step 1.
     """
     env, db = _env(tmp_path), tmp_path / "real.db"
     cloud = fault_server("script", replies=["Half of 2 bolts is 1 bolt of white fiber.",
                                             "So 2 + 1 = 3 bolts in total. The answer is \\boxed{3}."])
-    sid = make_traced_session(db, env, "smollm2-135m", cloud.url, policy="every-k(k=2)", rollback_to=1,
+    sid = make_traced_session(db, env, "smollm2-135m", cloud.url, policy="hybrid(plan=always,loop=False,offload=False)", rollback_to=1,
                               extra=("--max-step-tokens", "48", "--max-steps", "4"))
     steps = db_rows(db, "SELECT author, superseded_by FROM steps WHERE session_id = ?", [sid])
     assert {"local", "cloud"} <= {s["author"] for s in steps} and any(s["superseded_by"] for s in steps), \
