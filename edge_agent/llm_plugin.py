@@ -67,7 +67,7 @@ class EdgeAgentOptions(llm.Options):
     """solve's flags as llm options; each unset one takes solve's default."""
 
     model: str | None = Field(None, description="Local model: preset name, GGUF path or script:FILE.json "
-                                                "(env EDGE_AGENT_MODEL; default smollm2-135m)")
+                                                "(env EDGE_AGENT_MODEL; default: the best preset installed)")
     policy: str | None = Field(None, description="Escalation policy, e.g. trim-thr or 'trim-thr(tau=0.6)' "
                                                  "(default local-only; see 'edge-agent policies')")
     n_ctx: int | None = Field(None, description="Local model context size in tokens (default 4096)")
