@@ -298,6 +298,7 @@ def test_serve_on_a_taken_port_fails_before_loading():
 
 def test_a_client_cannot_make_the_server_open_a_file(served, tmp_path):
     """A model id names a policy, never a path: a FIFO would freeze the server, /dev/zero exhaust it."""
+    import itertools
     import os
 
     base, db_path, _ = served
@@ -309,8 +310,8 @@ def test_a_client_cannot_make_the_server_open_a_file(served, tmp_path):
         body = json.dumps({"model": model, "messages": [{"role": "user", "content": "2+2?"}]}).encode()
         answers[model] = _post(base + "/chat/completions", body)[0]
 
-    for target in (str(fifo), "/etc/passwd", "/dev/zero"):
-        model = f"trim-learned(model={target})"
+    for target, policy in itertools.product((str(fifo), "/etc/passwd", "/dev/zero"), ("trim-learned", "router")):
+        model = f"{policy}(model={target})"
         t = threading.Thread(target=ask, args=(model,), daemon=True)
         t.start()
         t.join(5)
