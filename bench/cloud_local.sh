@@ -4,6 +4,7 @@ port=${PORT:-8766}
 edge-agent cloud-local --model qwen2.5-coder-1.5b --port "$port" > "/tmp/edge-agent-cloud-$port.log" 2>&1 &
 cloud_server=$!
 trap 'kill $cloud_server 2>/dev/null' EXIT
+trap 'exit 143' TERM INT  # so a kill of the script runs the EXIT trap too
 for _ in $(seq 1 240); do
   curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null && break
   sleep 0.5

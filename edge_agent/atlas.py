@@ -153,6 +153,8 @@ def summarize(db: Any) -> dict[str, Any]:
     if not problems:
         raise InputError("the atlas holds no finished problem yet: run 'edge-agent atlas build' first")
     by = {(b["problem_id"], b["kind"], b["k"]): b for b in branches}
+    if any(b["kind"] == "cloud_only" for b in branches):  # a problem still being built has no cloud branch yet
+        problems = [p for p in problems if (p["id"], "cloud_only", 0) in by]
     steps = {p["id"]: [by[(p["id"], "step", k)] for k in range(p["steps"]) if (p["id"], "step", k) in by]
              for p in problems}
     clouds = [by.get((p["id"], "cloud_only", 0)) for p in problems]
