@@ -227,6 +227,31 @@ def test_a_killed_ray_driver_reruns_only_the_unfinished_problems(fault_server, t
 
 
 @needs_ray
+def test_ray_extends_an_atlas_one_process_began_and_redoes_none_of_it(fault_server, tmp_path):
+    """An atlas built by one process with --max-k 1, then extended to --max-k 3 on Ray: the workers start from the
+    problems' rows (traces and branches kept, not recomputed) and the result is the atlas one process builds."""
+    data, script = _files(tmp_path)
+    server = _cloud(fault_server)
+    first = _atlas_args(data, script, tmp_path / "atlas", server)
+    first[first.index("--max-k") + 1] = "1"
+    assert run_cli(*first).returncode == 0
+    db = tmp_path / "atlas" / "bench.db"
+    before = _rows_of(db, [f"p{i}" for i in range(4)])
+    extended = run_cli(*_atlas_args(data, script, tmp_path / "atlas", server, *RAY))
+    assert extended.returncode == 0, extended.stderr.decode()
+    after = _rows_of(db, [f"p{i}" for i in range(4)])
+    for pid, rows in before.items():
+        for table, ids in rows.items():
+            assert set(ids) <= set(after[pid][table]), (pid, table)  # every row of the first build is still there
+        assert len(after[pid]["sessions"]) > len(rows["sessions"])  # and the new branches were added
+    one = run_cli(*_atlas_args(data, script, tmp_path / "one", server))
+    assert one.returncode == 0, one.stderr.decode()
+    a, b = _atlas(tmp_path / "one" / "bench.db"), _atlas(db)
+    for part in ("problems", "branches", "branch_steps", "trace_steps", "step_cache", "response_cache"):
+        assert b[part] == a[part], part
+
+
+@needs_ray
 def test_a_cap_smaller_than_the_run_needs_holds_across_two_workers(fault_server, tmp_path):
     data, script = _files(tmp_path)
     server = _cloud(fault_server)
