@@ -59,6 +59,10 @@ class RayOptions:
     threads: int = 1  # llama.cpp threads per worker, and the CPUs each worker reserves
 
     def __post_init__(self) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:  # said before any folder or database is made
+            raise InputError("--ray needs Ray: pip install 'edge-agent[scale]' (or drop --ray)")
         if self.address == "auto":
             return
         if "://" in self.address:

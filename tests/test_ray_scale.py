@@ -94,6 +94,19 @@ def test_ray_is_never_imported_without_ray_and_its_options_need_it(tmp_path):
 
 
 @needs_ray
+def test_a_problem_a_worker_refuses_is_the_one_line_error_one_process_gives(tmp_path):
+    data, script = _files(tmp_path, n=2)
+    data.write_text(data.read_text() + json.dumps({"id": "big", "problem": "apples " * 6000, "answer": "1"}) + "\n")
+    errors = []
+    for out, extra in (("one", ()), ("ray", RAY)):
+        proc = run_cli("bench", "--dataset", str(data), "--model", f"script:{script}", "--policies", "local-only",
+                       "--out", str(tmp_path / out), *extra)
+        errors.append(proc.stderr.decode().strip().splitlines()[-1])
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr.decode()
+    assert errors[0] == errors[1] and "the problem is" in errors[0], errors
+
+
+@needs_ray
 def test_an_atlas_on_two_ray_workers_equals_the_one_process_atlas(fault_server, tmp_path):
     data, script = _files(tmp_path)
     server = _cloud(fault_server)

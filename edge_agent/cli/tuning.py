@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -92,15 +93,14 @@ def run_bench(cfg: Config, sweep: Sweep, names: list[str], run: RunOptions, clou
     db = store.open_db(str(out / "bench.db"))
     if ray is None:
         runner = Bench(out, lambda policy, db: agents.agent(policy, db), settings)
-        results = _run_with_progress(lambda progress: runner.run(problems, names, db, progress),
-                                     len(problems) * len(names), quiet)
-    else:  # Ray is imported only here
+        work = lambda progress: runner.run(problems, names, db, progress)  # noqa: E731
+    else:  # the same runs, a problem per Ray worker; Ray is imported only here
         from ..scale import run_bench as run_on_ray
         from ..scale import spec_for
 
         spec = spec_for(cfg, run, cloud, ray)
-        results = _run_with_progress(lambda progress: run_on_ray(ray, spec, db, out, problems, names, settings, progress),
-                                     len(problems) * len(names), quiet)
+        work = lambda progress: run_on_ray(ray, spec, db, out, problems, names, settings, progress)  # noqa: E731
+    results = _run_with_progress(work, len(problems) * len(names), quiet)
     summaries = summarize(results)
     meta = {"dataset": Path(sweep.dataset).name, "n": len(problems), "model": run.model or DEFAULT_PRESET,
             "cloud": f"{agents.cloud.provider}:{agents.cloud.model}" if agents.cloud else None, "policies": names,
@@ -109,8 +109,8 @@ def run_bench(cfg: Config, sweep: Sweep, names: list[str], run: RunOptions, clou
     return summaries, paths, json.loads(paths["json"].read_text())["meta"]
 
 
-def _run_with_progress(run: Any, total: int, quiet: bool) -> list[dict]:
-    """The bench run (``run(progress)``), with a bar that tallies correct answers per policy."""
+def _run_with_progress(work: Callable[[Callable[[dict], None]], list[dict]], total: int, quiet: bool) -> list[dict]:
+    """The bench run (``work(progress)``), with a bar that tallies correct answers per policy."""
     tally: dict[str, list[int]] = {}
     with bench_progress(quiet) as bar:
         task = bar.add_task("bench", total=total)
@@ -121,7 +121,7 @@ def _run_with_progress(run: Any, total: int, quiet: bool) -> list[dict]:
             t[1] += 1
             bar.update(task, advance=1, description=" · ".join(f"{k} {v[0]}/{v[1]}" for k, v in tally.items()))
 
-        return run(progress)
+        return work(progress)
 
 
 @click.command()
