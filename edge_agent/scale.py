@@ -61,16 +61,15 @@ class RayOptions:
     def __post_init__(self) -> None:
         import importlib.util
 
+        if self.address != "auto":
+            if "://" in self.address:
+                raise InputError(f"--ray {self.address}: Ray Client addresses are not supported (the ledger runs "
+                                 "beside the output database): run the command on a node of the cluster with --ray HOST:PORT")
+            host, _, port = self.address.rpartition(":")
+            if not host or not port.isdigit():
+                raise InputError(f"--ray {self.address}: pass 'auto' or HOST:PORT, the address 'ray start --head' printed")
         if importlib.util.find_spec("ray") is None:  # said before any folder or database is made
             raise InputError("--ray needs Ray: pip install 'edge-agent[scale]' (or drop --ray)")
-        if self.address == "auto":
-            return
-        if "://" in self.address:
-            raise InputError(f"--ray {self.address}: Ray Client addresses are not supported (the ledger runs beside "
-                             "the output database): run the command on a node of the cluster with --ray HOST:PORT")
-        host, _, port = self.address.rpartition(":")
-        if not host or not port.isdigit():
-            raise InputError(f"--ray {self.address}: pass 'auto' or HOST:PORT, the address 'ray start --head' printed")
 
 
 @dataclass(frozen=True)
