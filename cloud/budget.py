@@ -76,16 +76,19 @@ def estimate_input_tokens(messages: list[dict[str, Any]]) -> int:
 class Budget:
     """Caps in force for one session, over a store shared with every other process."""
 
-    def __init__(self, db: Any, caps: Caps, session_id: str) -> None:
+    def __init__(self, db: Any, caps: Caps, session_id: str, ledger: Any = None) -> None:
         self.db = db
         self.caps = caps
         self.session_id = session_id
+        # where reservations are taken and settled: ``store.ledger`` on ``db``, or a stand-in with the same
+        # ``reserve`` and ``settle`` (a Ray worker's, which takes them on the driver's database)
+        self.ledger = ledger
 
     def reserve(self, *, purpose: str, provider: str, model: str, price: Price, input_tokens: int, max_tokens: int) -> tuple[str, int]:
         from store import ledger
 
         amount = worst_case_nusd(price, input_tokens=input_tokens, max_tokens=max_tokens)
-        got = ledger.reserve(
+        got = (self.ledger or ledger).reserve(
             self.db,
             session_id=self.session_id,
             purpose=purpose,
@@ -105,7 +108,7 @@ class Budget:
     def settle(self, reservation_id: str, **call: Any) -> str:
         from store import ledger
 
-        return ledger.settle(self.db, reservation_id, session_id=self.session_id, **call)
+        return (self.ledger or ledger).settle(self.db, reservation_id, session_id=self.session_id, **call)
 
 
     def cache_get(self, key: str) -> dict[str, Any] | None:

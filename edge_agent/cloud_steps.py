@@ -48,10 +48,12 @@ def _refused_prefill(events: list) -> bool:
 class CloudActions:
     """The cloud calls of ``Agent`` (it provides ``db``, ``caps``, ``cloud``, ``offline`` and ``model``)."""
 
+    ledger: Any = None  # where reservations go: None is store.ledger on db (a Ray worker sets the driver's)
+
     def _budget(self, session_id: str) -> Any:
         from cloud.budget import Budget
 
-        return Budget(self.db, self.caps, session_id)
+        return Budget(self.db, self.caps, session_id, self.ledger)
 
     def _ask(self, session_id: str, msgs: list[dict[str, str]], *, purpose: str, step_idx: int,
              max_tokens: int, events: list, stop: Any = None, prefill: bool = False) -> Any:

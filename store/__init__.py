@@ -12,7 +12,7 @@ from typing import Any
 from .errors import SessionError, StoreError
 
 _HOMES = {
-    "ledger": None,
+    "ledger": None, "shard": None,
     "open_db": "db",
     "new_id": "txn", "now": "txn", "write_txn": "txn", "session_lease": "lease",
     "step_cache_get": "cache", "step_cache_put": "cache", "step_cache_stats": "cache",

@@ -125,7 +125,10 @@ class _FaultHandler(_Handler):
         if mode == "by-content":  # a deterministic cloud: the reply is chosen by what the last message holds
             last = str((body.get("messages") or [{}])[-1].get("content", ""))
             text = next((reply for needle, reply in owner.rules if needle in last), owner.replies[0])
-            return self._send(200, _completion(text))
+            out = _completion(text)
+            if owner.usage is not None:  # set per test: the usage every reply reports
+                out["usage"] = owner.usage
+            return self._send(200, out)
         if mode == "script":
             text = owner.replies.pop(0) if len(owner.replies) > 1 else owner.replies[0]
             return self._send(200, _completion(text))

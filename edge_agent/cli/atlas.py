@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..factory import Agents, CloudOptions, RunOptions, open_db, require_cloud
 from ..presets import DEFAULT_PRESET
 from ..step_cache import model_identity
-from .options import cloud_options, json_option, limit_option, run_options
+from .options import cloud_options, json_option, limit_option, ray_options, run_options
 from .render import bench_progress, console, join_progress, print_atlas, print_router_fit
 
 
@@ -41,9 +41,10 @@ def atlas() -> None:
 @click.option("--cloud-only/--no-cloud-only", default=True, show_default=True,
               help="Also the cloud alone on each problem (the reference for PGR).")
 @cloud_options
+@ray_options
 @json_option
 def atlas_build(dataset: str, limit: int | None, run: RunOptions, out_dir: str, max_k: int, handover: bool,
-                cloud_only: bool, cloud: CloudOptions, as_json: bool) -> None:
+                cloud_only: bool, cloud: CloudOptions, ray: Any, as_json: bool) -> None:
     """Build (or finish) an atlas: the edge's trace per problem and a cloud-step branch at each step."""
     problems = load_dataset(Path(dataset), limit)
     cfg = load_config()
@@ -60,11 +61,16 @@ def atlas_build(dataset: str, limit: int | None, run: RunOptions, out_dir: str, 
     check_meta(db, _meta(run, agents), str(out))
     with open(out / "problems.jsonl", "w", encoding="utf-8") as f:  # what 'tune --atlas' evaluates on
         f.writelines(json.dumps(p) + "\n" for p in problems)
-    settings = run.settings()
+    settings, plan = run.settings(), AtlasPlan(max_k, handover, cloud_only)
     with bench_progress(as_json) as bar:
         task = bar.add_task("atlas", total=len(problems))
-        build(lambda policy: agents.agent(policy, db), db, problems, settings, AtlasPlan(max_k, handover, cloud_only),
-              lambda row: bar.update(task, advance=1, description=f"atlas {row['id']}"))
+        advance = lambda row: bar.update(task, advance=1, description=f"atlas {row['id']}")  # noqa: E731
+        if ray is None:
+            build(lambda policy: agents.agent(policy, db), db, problems, settings, plan, advance)
+        else:  # the same build, a problem per Ray worker; Ray is imported only here
+            from ..scale import build_atlas, spec_for
+
+            build_atlas(ray, spec_for(cfg, run, cloud, ray), db, str(out / ATLAS_DB), problems, settings, plan, advance)
     result = summarize(db)
     if as_json:
         click.echo(json.dumps(result))

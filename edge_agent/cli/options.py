@@ -143,3 +143,32 @@ def verbose_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def limit_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--limit", type=int, help="Only the first N problems.")(f)
+
+
+def ray_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--ray [ADDRESS], --ray-workers, --ray-threads -> ``ray`` (a RayOptions, or None without --ray)."""
+    opts = [
+        click.option("--ray", "address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
+                     help="Shard the problems over Ray workers: 'auto' (or no value) starts a local Ray, ADDRESS "
+                          "joins a cluster started with 'ray start --head'. Needs pip install 'edge-agent[scale]'."),
+        click.option("--ray-workers", "workers", type=click.IntRange(1, 4096),
+                     help="With --ray: how many workers, each with its own edge model (default: the cluster's "
+                          "CPUs / --ray-threads)."),
+        click.option("--ray-threads", "threads", type=click.IntRange(1, 1024),
+                     help="With --ray: llama.cpp threads per worker, and the CPUs each reserves (default 1)."),
+    ]
+
+    def make(values: dict[str, Any]) -> Any:
+        from ..errors import InputError
+        from ..scale import RayOptions
+
+        if values["address"] is None:
+            if values["workers"] is not None or values["threads"] is not None:
+                raise InputError("--ray-workers and --ray-threads shard over Ray: add --ray (or --ray ADDRESS)")
+            return None
+        address = values["address"].strip()
+        if not address:
+            raise InputError("--ray needs 'auto' or a cluster address such as 10.0.0.5:6379 (from 'ray start --head')")
+        return RayOptions(address, values["workers"], values["threads"] or 1)
+
+    return _gather(f, "ray", make, ["address", "workers", "threads"], opts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from ..factory import Agents, CloudOptions, RunOptions, build_caps, build_cloud,
 from ..learn import label_traces, training_info
 from ..state import load_state
 from ..presets import DEFAULT_PRESET
-from .options import cloud_options, json_option, limit_option, run_options
+from .options import cloud_options, json_option, limit_option, ray_options, run_options
 from .render import bench_progress, console, join_progress, print_summaries
 
 
@@ -56,9 +57,10 @@ class Sweep:
               help="Replay identical cloud requests from bench.db (for sweeps); hits cost nothing and are reported as would-be cost.")
 @step_cache_option
 @cloud_options
+@ray_options
 @json_option
 def bench(dataset: str, policies: str, limit: int | None, run: RunOptions, out_dir: str, resume: bool,
-          cache_responses: bool, step_cache: bool, cloud: CloudOptions, as_json: bool) -> None:
+          cache_responses: bool, step_cache: bool, cloud: CloudOptions, ray: Any, as_json: bool) -> None:
     """Run every problem under every policy; report accuracy, PGR, CPT, cloud tokens, cost and time."""
     run = replace(run, step_cache=step_cache)
     cfg = load_config()
@@ -66,7 +68,7 @@ def bench(dataset: str, policies: str, limit: int | None, run: RunOptions, out_d
     if not names:
         raise InputError("--policies is empty: name at least one policy, e.g. local-only,cloud-only")
     summaries, paths, meta = run_bench(cfg, Sweep(dataset, limit, out_dir, resume), names, run,
-                                       replace(cloud, cache=cache_responses), as_json)
+                                       replace(cloud, cache=cache_responses), as_json, ray)
     if as_json:
         click.echo(json.dumps({"meta": meta, "summary": [asdict(s) for s in summaries],
                                "files": {k: str(v) for k, v in paths.items()}}))
@@ -76,8 +78,10 @@ def bench(dataset: str, policies: str, limit: int | None, run: RunOptions, out_d
 
 
 def run_bench(cfg: Config, sweep: Sweep, names: list[str], run: RunOptions, cloud: CloudOptions,
-              quiet: bool) -> tuple[list[Summary], dict[str, Path], dict[str, Any]]:
-    """Run (policy x problem) into ``sweep.out`` with a progress bar; returns (summaries, report paths, meta)."""
+              quiet: bool, ray: Any = None) -> tuple[list[Summary], dict[str, Path], dict[str, Any]]:
+    """Run (policy x problem) into ``sweep.out`` with a progress bar; returns (summaries, report paths, meta).
+
+    ``ray`` (RayOptions): the problems are sharded over Ray workers (``edge_agent.scale``)."""
     problems = load_dataset(Path(sweep.dataset), sweep.limit)
     settings = run.settings()
     agents = Agents.build(cfg, run, cloud, progress=join_progress())
@@ -87,8 +91,16 @@ def run_bench(cfg: Config, sweep: Sweep, names: list[str], run: RunOptions, clou
     if (out / "results.jsonl").exists() and not sweep.resume:
         raise InputError(f"{out} already holds results: pass --resume to continue them, or another --out")
     db = store.open_db(str(out / "bench.db"))
-    runner = Bench(out, lambda policy, db: agents.agent(policy, db), settings)
-    results = _run_with_progress(runner, problems, names, db, quiet)
+    if ray is None:
+        runner = Bench(out, lambda policy, db: agents.agent(policy, db), settings)
+        work = lambda progress: runner.run(problems, names, db, progress)  # noqa: E731
+    else:  # the same runs, a problem per Ray worker; Ray is imported only here
+        from ..scale import run_bench as run_on_ray
+        from ..scale import spec_for
+
+        spec = spec_for(cfg, run, cloud, ray)
+        work = lambda progress: run_on_ray(ray, spec, db, out, problems, names, settings, progress)  # noqa: E731
+    results = _run_with_progress(work, len(problems) * len(names), quiet)
     summaries = summarize(results)
     meta = {"dataset": Path(sweep.dataset).name, "n": len(problems), "model": run.model or DEFAULT_PRESET,
             "cloud": f"{agents.cloud.provider}:{agents.cloud.model}" if agents.cloud else None, "policies": names,
@@ -97,11 +109,11 @@ def run_bench(cfg: Config, sweep: Sweep, names: list[str], run: RunOptions, clou
     return summaries, paths, json.loads(paths["json"].read_text())["meta"]
 
 
-def _run_with_progress(runner: Bench, problems: list[dict], names: list[str], db: Any, quiet: bool) -> list[dict]:
-    """The bench run, with a bar that tallies correct answers per policy."""
+def _run_with_progress(work: Callable[[Callable[[dict], None]], list[dict]], total: int, quiet: bool) -> list[dict]:
+    """The bench run (``work(progress)``), with a bar that tallies correct answers per policy."""
     tally: dict[str, list[int]] = {}
     with bench_progress(quiet) as bar:
-        task = bar.add_task("bench", total=len(problems) * len(names))
+        task = bar.add_task("bench", total=total)
 
         def progress(row: dict[str, Any]) -> None:
             t = tally.setdefault(row["policy"], [0, 0])
@@ -109,7 +121,7 @@ def _run_with_progress(runner: Bench, problems: list[dict], names: list[str], db
             t[1] += 1
             bar.update(task, advance=1, description=" · ".join(f"{k} {v[0]}/{v[1]}" for k, v in tally.items()))
 
-        return runner.run(problems, names, db, progress)
+        return work(progress)
 
 
 @click.command()
