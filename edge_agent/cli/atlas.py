@@ -16,7 +16,7 @@ from ..bench import load_dataset
 from ..config import load_config
 from ..errors import InputError
 from ..factory import Agents, CloudOptions, RunOptions, open_db, require_cloud
-from ..presets import DEFAULT_PRESET
+from ..presets import default_model
 from ..step_cache import model_identity
 from .options import cloud_options, json_option, limit_option, ray_options, run_options
 from .render import bench_progress, console, join_progress, print_atlas, print_router_fit
@@ -82,7 +82,7 @@ def atlas_build(dataset: str, limit: int | None, run: RunOptions, out_dir: str, 
 
 def _meta(run: RunOptions, agents: Agents) -> dict[str, Any]:
     edge = agents.local()
-    return {"edge": {"name": run.model or DEFAULT_PRESET, "identity": model_identity(edge)},
+    return {"edge": {"name": run.model or default_model(), "identity": model_identity(edge)},
             "cloud": f"{agents.cloud.provider}:{agents.cloud.model}", "max_steps": run.max_steps,
             "max_step_tokens": run.max_step_tokens}
 

@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..factory import Agents, CloudOptions, RunOptions, build_caps, build_cloud, policy_label, require_cloud
 from ..learn import label_traces, training_info
 from ..state import load_state
-from ..presets import DEFAULT_PRESET
+from ..presets import default_model
 from .options import cloud_options, json_option, limit_option, ray_options, run_options
 from .render import bench_progress, console, join_progress, print_summaries
 
@@ -102,7 +102,7 @@ def run_bench(cfg: Config, sweep: Sweep, names: list[str], run: RunOptions, clou
         work = lambda progress: run_on_ray(ray, spec, db, out, problems, names, settings, progress)  # noqa: E731
     results = _run_with_progress(work, len(problems) * len(names), quiet)
     summaries = summarize(results)
-    meta = {"dataset": Path(sweep.dataset).name, "n": len(problems), "model": run.model or DEFAULT_PRESET,
+    meta = {"dataset": Path(sweep.dataset).name, "n": len(problems), "model": run.model or default_model(),
             "cloud": f"{agents.cloud.provider}:{agents.cloud.model}" if agents.cloud else None, "policies": names,
             "max_steps": run.max_steps, "max_step_tokens": run.max_step_tokens, "cache_responses": cloud.cache}
     paths = write_reports(out, results, summaries, meta)
@@ -266,7 +266,7 @@ def learn_router(cfg: Config, sweep: Sweep, label: str, run: RunOptions, cloud_o
     agents = Agents(run.model, run.n_ctx, cloud, build_caps(cfg, cloud_opts.max_cost), progress=join_progress())
     data = label_traces(agents.agent("local-only", db), db, traces, label, settings)
     fitted = fit(data.rows, data.labels,
-                 training=training_info(sweep.dataset, data, label, run.model or DEFAULT_PRESET, cloud, settings))
+                 training=training_info(sweep.dataset, data, label, run.model or default_model(), cloud, settings))
     path, saved = save_model(fitted)
     train_acc = sum((saved.predict(x) >= 0.5) == bool(y) for x, y in zip(data.rows, data.labels)) / len(data.labels)
     result = {"model": str(path), "version": saved.version, "policy": f"trim-learned(model=v{saved.version})",
