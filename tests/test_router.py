@@ -86,7 +86,15 @@ def test_fit_cross_validates_saves_and_the_router_sends_the_wrong_draft_back_to_
     from edge_agent.router_fit import dataset
     from triggers.router import FEATURES
 
-    atlas_rows = {p.id: p for p in dataset(open_db(str(atlas["dir"] / "bench.db"), create=False))}
+    problems = dataset(open_db(str(atlas["dir"] / "bench.db"), create=False))
+    atlas_rows = {p.id: p for p in problems}
+    # the saved threshold spends the asked share on the atlas with the saved model's own nets
+    from triggers.router import load_router
+
+    saved = load_router("latest", tmp_path / "config" / "edge-agent" / "models")
+    picks = [saved.best([(k, x) for k, x, _, _ in p.rows]) for p in problems]
+    spent = sum({k: o for k, _, _, o in p.rows}[b[0]] for p, b in zip(problems, picks) if b[1] >= saved.tau)
+    assert 0 < spent <= 0.5 * report["base"]["cloud_out"] * len(problems)
     k, x, correct, _ = atlas_rows["p0"].rows[to_idx]  # the same trace (case 0 is also even)
     expected = dict(zip(FEATURES, (round(v, 6) for v in x)))
     differs = {f for f in FEATURES if detail["features"][f] != expected[f]}
@@ -125,7 +133,7 @@ def test_the_saved_model_round_trips_and_a_newer_one_is_refused(tmp_path, atlas)
     _fit(atlas)
     models = tmp_path / "config" / "edge-agent" / "models"
     model = load_router("latest", models)
-    path, again = save_router(model, tmp_path / "m")
+    path, _ = save_router(model, tmp_path / "m")
     loaded = load_router(str(path))
     x = [0.5] * len(model.features)
     assert loaded.net(x) == model.net(x) and loaded.tau == model.tau and loaded.max_k == model.max_k
@@ -136,3 +144,22 @@ def test_the_saved_model_round_trips_and_a_newer_one_is_refused(tmp_path, atlas)
     proc = _solve(atlas, _problem(1), f"router(model={tmp_path / 'newer.json'})")
     err = proc.stderr.decode().strip()
     assert proc.returncode == 2 and len(err.splitlines()) == 1 and "newer edge-agent" in err, err
+
+
+def test_the_saved_threshold_spends_the_share_on_the_saved_models_own_scale():
+    """Held-out nets sit on another scale than the final model's: the saved tau must come from the latter."""
+    from edge_agent.router_fit import Problem, final_model
+    from triggers.router import FEATURES
+
+    def x(shaky: float) -> list[float]:
+        v = [0.0] * len(FEATURES)
+        v[FEATURES.index("trace_min_score")] = 1.0 - shaky
+        v[FEATURES.index("index")] = shaky * 0.1  # not constant, so the scaler keeps it
+        return v
+
+    # wrong (even) problems have shaky drafts and the step fixes them; right ones are not broken
+    problems = [Problem(f"p{i}", i % 2, 1, 100.0, [(0, x(float(i % 2 == 0) + i / 100), 1, 100)]) for i in range(8)]
+    held_out = [(-0.9, 0)] * 8  # a fold's nets, far below what the final model predicts
+    model = final_model(problems, {"picks": held_out, "rows": 8, "folds": 2, "router": {}}, 0.25, 1.0, 1, {})
+    spent = sum(100 for p in problems if model.net(p.rows[0][1]) >= model.tau)
+    assert 0 < spent <= 0.25 * 100 * len(problems)

@@ -120,7 +120,7 @@ class Head:
                 "intercept": self.intercept}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], n: int) -> "Head":
+    def from_json(cls, data: dict[str, Any], n: int) -> Head:
         mean, scale, coef = (tuple(float(v) for v in data[key]) for key in ("mean", "scale", "coef"))
         if not len(mean) == len(scale) == len(coef) == n or any(not s > 0 for s in scale):
             raise ValueError("shape")
