@@ -108,32 +108,51 @@ def fit(rows: Sequence[Sequence[float]], labels: Sequence[int], *, c: float = 1.
                         intercept=float(clf.intercept_[0]), training=info)
 
 
-def _versions(directory: Path) -> dict[int, Path]:
+def versions(directory: Path, prefix: str = PREFIX) -> dict[int, Path]:
+    """The saved versions of a model kind in ``directory``: {N: path of PREFIX + N + .json}."""
     out = {}
     if directory.is_dir():
-        for p in directory.glob(PREFIX + "*.json"):
-            m = re.fullmatch(re.escape(PREFIX) + r"(\d+)\.json", p.name)
+        for p in directory.glob(prefix + "*.json"):
+            m = re.fullmatch(re.escape(prefix) + r"(\d+)\.json", p.name)
             if m:
                 out[int(m.group(1))] = p
     return out
 
 
-def save_model(model: LearnedModel, directory: Path | None = None) -> tuple[Path, LearnedModel]:
-    """Write the model as the next version (``trim-learned-vN.json``, mode 0600); older ones are kept."""
+def model_path(ref: str, directory: Path, prefix: str, missing: str) -> Path:
+    """``latest``, ``vN`` (in ``directory``) or a path; ``missing`` is the error when there is no version."""
+    if ref == "latest":
+        saved = versions(directory, prefix)
+        if not saved:
+            raise PolicyError(missing)
+        return saved[max(saved)]
+    if re.fullmatch(r"v\d+", ref):
+        return directory / f"{prefix}{ref[1:]}.json"
+    return Path(ref).expanduser()
+
+
+def save_versioned(model: Any, directory: Path, prefix: str) -> tuple[Path, Any]:
+    """Write ``model`` (a dataclass with version, ref, training and to_json) as the next version, mode 0600.
+
+    Older versions are kept; a version file is never overwritten."""
     from dataclasses import replace
     from datetime import datetime, timezone
 
-    directory = directory or models_dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    version = max(_versions(directory), default=0) + 1
+    version = max(versions(directory, prefix), default=0) + 1
     training = {**(model.training or {}), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     model = replace(model, version=version, ref=f"v{version}", training=training)
-    path = directory / f"{PREFIX}{version}.json"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never overwrite a version
+    path = directory / f"{prefix}{version}.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(model.to_json(), f, indent=1)
     os.chmod(path, 0o600)
     return path, model
+
+
+def save_model(model: LearnedModel, directory: Path | None = None) -> tuple[Path, LearnedModel]:
+    """Write the model as the next version (``trim-learned-vN.json``, mode 0600); older ones are kept."""
+    return save_versioned(model, directory or models_dir(), PREFIX)
 
 
 MAX_MODEL_BYTES = 1 << 20  # a model is a few hundred numbers
@@ -143,15 +162,7 @@ def load_model(ref: str = "latest", directory: Path | None = None) -> LearnedMod
     """``latest``, ``vN`` (in the models dir) or a path to a model JSON file."""
     directory = directory or models_dir()
     hint = "train one with 'edge-agent tune --learn --dataset FILE'"
-    if ref == "latest":
-        versions = _versions(directory)
-        if not versions:
-            raise PolicyError(f"no trim-learned model in {directory}: {hint}")
-        path = versions[max(versions)]
-    elif re.fullmatch(r"v\d+", ref):
-        path = directory / f"{PREFIX}{ref[1:]}.json"
-    else:
-        path = Path(ref).expanduser()
+    path = model_path(ref, directory, PREFIX, f"no trim-learned model in {directory}: {hint}")
     if path.exists() and not path.is_file():  # a FIFO or a device: reading could block or never end
         raise PolicyError(f"trim-learned model {path} is not a regular file: pass a model JSON file")
     if path.is_file() and path.stat().st_size > MAX_MODEL_BYTES:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 from . import detectors as d
 from .base import ACCEPT
 from .errors import PolicyError
-from .learned import models_dir
+from .learned import model_path, models_dir, save_versioned
 from .scorers import logprob_score
 from .trigreason import TrigReason, TrigReasonParams
 from .types import Action, Step
@@ -158,48 +156,16 @@ class RouterModel:
                 "training": self.training or {}}
 
 
-def _versions(directory: Path) -> dict[int, Path]:
-    out = {}
-    if directory.is_dir():
-        for p in directory.glob(PREFIX + "*.json"):
-            m = re.fullmatch(re.escape(PREFIX) + r"(\d+)\.json", p.name)
-            if m:
-                out[int(m.group(1))] = p
-    return out
-
-
 def save_router(model: RouterModel, directory: Path | None = None) -> tuple[Path, RouterModel]:
     """Write the model as the next version (``router-vN.json``, mode 0600); older versions are kept."""
-    from datetime import datetime, timezone
-
-    directory = directory or models_dir()
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    version = max(_versions(directory), default=0) + 1
-    training = {**(model.training or {}), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    model = replace(model, version=version, ref=f"v{version}", training=training)
-    path = directory / f"{PREFIX}{version}.json"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never overwrite a version
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(model.to_json(), f, indent=1)
-    return path, model
-
-
-def _model_path(ref: str, directory: Path, hint: str) -> Path:
-    if ref == "latest":
-        versions = _versions(directory)
-        if not versions:
-            raise PolicyError(f"no router model in {directory}: {hint}")
-        return versions[max(versions)]
-    if re.fullmatch(r"v\d+", ref):
-        return directory / f"{PREFIX}{ref[1:]}.json"
-    return Path(ref).expanduser()
+    return save_versioned(model, directory or models_dir(), PREFIX)
 
 
 def load_router(ref: str = "latest", directory: Path | None = None) -> RouterModel:
     """``latest``, ``vN`` (in the models dir) or a path to a router JSON file."""
     directory = directory or models_dir()
     hint = "fit one with 'edge-agent atlas fit DIR'"
-    path = _model_path(ref, directory, hint)
+    path = model_path(ref, directory, PREFIX, f"no router model in {directory}: {hint}")
     try:
         if not path.is_file():
             raise FileNotFoundError(path)
