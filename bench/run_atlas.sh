@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the routing atlas of the bench pair (Qwen2.5-Coder-0.5B edge, Qwen2.5-Coder-1.5B on loopback as
 # the cloud, cloud steps by continuation) and prints its report. Resumable: re-run it after an interruption.
-#   bash bench/run_atlas.sh [LIMIT] [DATASET] [MAX_K]
+#   bash bench/run_atlas.sh [LIMIT] [DATASET] [MAX_K] [OUT]
+# OUT defaults to bench/atlas/DATASET_LIMIT; pass an existing atlas folder to grow it past its name's limit
+# (bench/grow_atlases.sh does this for the committed GSM8K and MATH-500 dev atlases).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 limit=${1:-200}
@@ -13,7 +15,7 @@ edge-agent models --install qwen2.5-coder-1.5b >/dev/null
 
 source bench/cloud_local.sh
 
-out=bench/atlas/$name
+out=${4:-bench/atlas/$name}
 mkdir -p "$out"
 cfg=$PWD/bench/atlas/config.toml
 printf '[cloud]\ntimeout_s = 600\nmax_retries = 0\ncontinuation = "on"\n' > "$cfg"

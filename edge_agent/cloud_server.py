@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="An OpenAI-compatible server for a GGUF, with assistant prefill.")
     add_args_from_model(parser, Settings)
     args = parser.parse_args(argv)
+    from . import runtime
+
+    runtime.apply()  # the same compute mode as the edge: on some CPUs the weight repack crashes the first decode
     server = parse_model_from_args(ServerSettings, args)
     model = parse_model_from_args(ModelSettings, args)
     app = PrefillMiddleware(create_app(server_settings=server, model_settings=[model]), template_renderer(model.model))

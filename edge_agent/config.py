@@ -14,6 +14,9 @@
     max_cost_day = 1.00
     max_cost_month = 10.00
 
+    [local]
+    repack = "auto"                # llama.cpp's CPU weight repack: auto (probed once per CPU) | on | off
+
     [keys]                         # environment variables win over these
     openai = "sk-..."
     anthropic = "sk-ant-..."
@@ -42,6 +45,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
               "max_retries": int, "cooldown_s": (int, float), "continuation": str},
     "budget": {"max_cost_session": (int, float), "max_cost_day": (int, float), "max_cost_month": (int, float)},
     "keys": {"openai": str, "anthropic": str},
+    "local": {"repack": str},
 }
 PRICE_KEYS = {"input": (int, float), "output": (int, float), "cached_input": (int, float), "cache_write": (int, float)}
 
@@ -56,6 +60,7 @@ RULES: dict[tuple[str, str], tuple[str, Any]] = {
     ("cloud", "base_url"): ("an http:// or https:// URL with a host, e.g. https://api.deepseek.com/v1",
                             lambda v: _url_problem(v) is None),
     ("cloud", "continuation"): ("auto, on or off", lambda v: v in ("auto", "on", "off")),
+    ("local", "repack"): ("auto, on or off", lambda v: v in ("auto", "on", "off")),
     **{("budget", k): _USD for k in SCHEMA["budget"]},
 }
 _TYPE_NAMES = {str: "a string", int: "an integer"}
@@ -81,6 +86,7 @@ class Config:
     cloud: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, float] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
+    local: dict[str, str] = field(default_factory=dict)  # llama.cpp: repack = auto | on | off (edge_agent.runtime)
     prices: dict[str, Any] = field(default_factory=dict)  # model -> cloud.pricing.Price
     policy: dict[str, dict[str, Any]] = field(default_factory=dict)  # policy name -> parameters
     path: Path | None = None

@@ -62,6 +62,21 @@ def check_model(model: str | None) -> tuple[dict[str, Any], Check]:
     return info, Check("local model", "ok", f"{name} · {path} · loads in {info['load_s']:.1f}s")
 
 
+def check_compute() -> tuple[dict[str, Any] | None, Check]:
+    """llama.cpp's compute mode (weight repack on or off), and why: forced, or what the probe found on this CPU."""
+    from . import runtime
+
+    force = f"force with {runtime.ENV}=on|off or [local] repack in the config"
+    try:
+        mode = runtime.current()
+    except USER_ERRORS as e:
+        return None, Check("llama.cpp compute", "fail", str(e), force.replace("force", "or force"))
+    detail = f"{mode.name} (weight repack {'on' if mode.repack else 'off'}): {mode.reason}"
+    if mode.source in ("probe", "cached probe"):
+        detail += f" ({mode.source}; {force})"
+    return mode.to_dict(), Check("llama.cpp compute", "ok", detail)
+
+
 def _ping(cloud: Any) -> list[str]:
     """Model ids the endpoint lists: one request, no tokens."""
     client = cloud.adapter.client.with_options(timeout=PING_TIMEOUT_S, max_retries=0)
@@ -153,16 +168,20 @@ def check_db(db_path: str | None) -> tuple[Any, Check]:
 def diagnose(model: str | None, cloud: CloudOptions, db_path: str | None) -> dict[str, Any]:
     """Run every check; never raises for a problem it can describe."""
     cfg, c_config = check_config()
-    model_info, c_model = check_model(model)
+    compute_info, c_compute = check_compute()
+    model_info, c_model = check_model(model) if compute_info is not None else (
+        {"requested": model, "loads": False}, Check("local model", "fail", "not loaded: llama.cpp cannot run here",
+                                                    "see the llama.cpp compute check"))
     cloud_info, c_cloud = check_cloud(cfg, cloud)
     db, c_db = check_db(db_path)
     caps_info, c_caps = check_caps(cfg, cloud.max_cost, db, cloud_info is not None)
     if db is not None:
         db.close()
-    checks = [c_model, c_cloud, c_caps, c_db, c_config]
+    checks = [c_compute, c_model, c_cloud, c_caps, c_db, c_config]
     return {
         "ok": all(c.level != "fail" for c in checks),
         "checks": [asdict(c) for c in checks],
+        "compute": compute_info,
         "model": model_info,
         "cloud": cloud_info,
         "caps": caps_info,

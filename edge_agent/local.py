@@ -69,8 +69,10 @@ class _SignalAccumulator:
         self.min_top1 = 1.0
         self.first_top1 = 1.0
         self.low = 0
+        self.sum_lp = 0.0
+        self.min_lp = 0.0
 
-    def add(self, entropy: float, top1: float) -> None:
+    def add(self, entropy: float, top1: float, logprob: float) -> None:
         if self.n == 0:
             self.first_ent, self.first_top1 = entropy, top1
         self.n += 1
@@ -79,6 +81,8 @@ class _SignalAccumulator:
         self.sum_top1 += top1
         self.min_top1 = min(self.min_top1, top1)
         self.low += top1 < 0.5
+        self.sum_lp += logprob
+        self.min_lp = min(self.min_lp, logprob)
 
     def signals(self, has_answer: bool) -> Signals:
         n = max(self.n, 1)
@@ -92,6 +96,9 @@ class _SignalAccumulator:
             first_top1=round(self.first_top1, 6),
             low_top1_share=round(self.low / n, 6),
             has_answer=has_answer,
+            sum_logprob=round(self.sum_lp, 6),
+            mean_logprob=round(self.sum_lp / n, 6),
+            min_logprob=round(self.min_lp, 6),
         )
 
 
@@ -132,10 +139,20 @@ class LocalModel:
             self._load()
         return self._llm
 
+    @property
+    def compute(self) -> str:
+        """llama.cpp's compute mode for this model ("repack" or "plain"; see runtime): greedy steps depend on it."""
+        from . import runtime
+
+        return runtime.current().name
+
     def _load(self) -> None:
         import numpy as np
         from llama_cpp import Llama
 
+        from . import runtime
+
+        runtime.apply()  # before any Llama: on some CPUs the weight repack crashes the first decode
         try:
             llm = Llama(
                 model_path=str(self.path),
@@ -226,8 +243,8 @@ class LocalModel:
         np = self._np
         return np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self._z.shape[0],))
 
-    def _pick(self, temperature: float) -> tuple[int, float, float]:
-        """Choose the next token and return (token, entropy in nats, top-1 probability)."""
+    def _pick(self, temperature: float) -> tuple[int, float, float, float]:
+        """Choose the next token and return (token, entropy in nats, top-1 probability, the token's log-probability)."""
         np = self._np
         logits = self._logits()
         top = int(np.argmax(logits))
@@ -237,11 +254,13 @@ class LocalModel:
         # p = e / Z, so H = log Z - E_p[z] and the top-1 probability is 1 / Z
         ent = max(math.log(total) - float(np.dot(e, z)) / total, 0.0)
         top1 = 1.0 / total
+        log_z = math.log(total)
         if temperature <= 0:
-            return top, ent, top1
+            return top, ent, top1, -log_z
         p = np.exp(z / temperature)
         p /= p.sum()
-        return int(self._rng.choice(len(p), p=p)), ent, top1
+        tok = int(self._rng.choice(len(p), p=p))
+        return tok, ent, top1, float(z[tok]) - log_z
 
     # -- one step ----------------------------------------------------------------------------------
     def next_step(
@@ -265,11 +284,11 @@ class LocalModel:
             if len(self._kv) >= self.n_ctx:
                 finish = "context"
                 break
-            tok, ent, top1 = self._pick(temperature)
+            tok, ent, top1, logprob = self._pick(temperature)
             if tok in self._eog:
                 finish = "eos"
                 break
-            acc.add(ent, top1)
+            acc.add(ent, top1, logprob)
             new.append(tok)
             self._held = None
             llm.eval([tok])

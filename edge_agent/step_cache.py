@@ -33,9 +33,18 @@ def model_identity(model: Any) -> str:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
-def step_key(identity: str, context: Sequence[int], max_tokens: int) -> str:
-    body = json.dumps({"model": identity, "context": list(context), "max_tokens": max_tokens, "decode": "greedy"})
-    return hashlib.sha256(body.encode()).hexdigest()
+def step_key(identity: str, context: Sequence[int], max_tokens: int, compute: str = "repack") -> str:
+    """The cache key of a greedy step. llama.cpp's compute mode is part of it (a plain-mode step differs from a
+    repack-mode one); "repack", the mode every earlier entry was computed in, keeps the key it always had."""
+    key = {"model": identity, "context": list(context), "max_tokens": max_tokens, "decode": "greedy"}
+    if compute != "repack":
+        key["compute"] = compute
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()
+
+
+def compute_mode(model: Any) -> str:
+    """The model's compute mode ("repack" for a model that has none, such as the scripted one)."""
+    return getattr(model, "compute", None) or "repack"
 
 
 class CachedModel:
@@ -56,7 +65,7 @@ class CachedModel:
         if temperature > 0:
             return self.inner.next_step(context, max_tokens=max_tokens, temperature=temperature, on_text=on_text)
         start = time.perf_counter()
-        key = step_key(self.identity, context, max_tokens)
+        key = step_key(self.identity, context, max_tokens, compute_mode(self.inner))
         hit = store.step_cache_get(self.db, key)
         if hit is not None:
             self.hits += 1

@@ -25,6 +25,10 @@ class Signals:
     first_top1: float = 1.0
     low_top1_share: float = 0.0  # share of tokens whose top-1 probability is < 0.5
     has_answer: bool = False
+    # the edge's own log-probability (nats) of each token it chose: what a cloud read is compared with
+    sum_logprob: float = 0.0
+    mean_logprob: float = 0.0
+    min_logprob: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
