@@ -101,6 +101,18 @@ def agent_decode(model: LocalModel, prompt: list[int], n: int, step_tokens: int,
     return {"tok_s": produced / (seconds + detect), "tokens": produced, "steps": steps, "detect_s": detect}
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m", help="preset name or GGUF path")
@@ -145,9 +157,15 @@ def main() -> None:
     raw, agent = statistics.median(raws), statistics.median(agents)
     steps = [s for r in runs for s in r["steps"]]
     later = steps[1:] if len(steps) > 1 else steps  # each run's first step also syncs one token
+    from edge_agent import runtime
+
+    mode = runtime.current()
     out = {
         "model": name,
         "threads": model.n_threads,
+        "compute": mode.name,  # llama.cpp's CPU weight repack on (repack) or off (plain): EDGE_AGENT_REPACK
+        "compute_reason": mode.reason,
+        "cpu": cpu_name(),
         "raw_tok_s": round(raw, 1),
         "agent_tok_s": round(agent, 1),
         "ratio": round(agent / raw, 3),

@@ -62,13 +62,13 @@ def check_model(model: str | None) -> tuple[dict[str, Any], Check]:
     return info, Check("local model", "ok", f"{name} · {path} · loads in {info['load_s']:.1f}s")
 
 
-def check_compute() -> tuple[dict[str, Any] | None, Check]:
+def check_compute(cfg: Any) -> tuple[dict[str, Any] | None, Check]:
     """llama.cpp's compute mode (weight repack on or off), and why: forced, or what the probe found on this CPU."""
     from . import runtime
 
     force = f"force with {runtime.ENV}=on|off or [local] repack in the config"
     try:
-        mode = runtime.current()
+        mode = runtime.resolve(cfg.local.get("repack", "auto"))  # a broken config is the config check's
     except USER_ERRORS as e:
         return None, Check("llama.cpp compute", "fail", str(e), force.replace("force", "or force"))
     detail = f"{mode.name} (weight repack {'on' if mode.repack else 'off'}): {mode.reason}"
@@ -168,7 +168,7 @@ def check_db(db_path: str | None) -> tuple[Any, Check]:
 def diagnose(model: str | None, cloud: CloudOptions, db_path: str | None) -> dict[str, Any]:
     """Run every check; never raises for a problem it can describe."""
     cfg, c_config = check_config()
-    compute_info, c_compute = check_compute()
+    compute_info, c_compute = check_compute(cfg)
     model_info, c_model = check_model(model) if compute_info is not None else (
         {"requested": model, "loads": False}, Check("local model", "fail", "not loaded: llama.cpp cannot run here",
                                                     "see the llama.cpp compute check"))

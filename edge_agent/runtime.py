@@ -51,17 +51,21 @@ _resolved: ComputeMode | None = None
 _applied: bool | None = None
 
 
-def setting() -> tuple[str, str]:
-    """The forced setting and where it came from: ``(auto|on|off, env|config|default)``."""
+def setting(config_value: str | None = None) -> tuple[str, str]:
+    """The forced setting and where it came from: ``(auto|on|off, env|config|default)``.
+
+    ``config_value``: ``[local] repack`` as already read (else the config file is read here)."""
     env = os.environ.get(ENV)
     if env is not None and env.strip():
         value = env.strip().lower()
         if value not in SETTINGS:
             raise ConfigError(f"{ENV}={env[:40]!r} is not a compute setting: use auto, on or off")
         return value, "env"
-    from .config import load_config
+    if config_value is None:
+        from .config import load_config
 
-    value = load_config().local.get("repack", "auto")
+        config_value = load_config().local.get("repack", "auto")
+    value = config_value
     return value, ("config" if value != "auto" else "default")
 
 
@@ -73,8 +77,8 @@ def current() -> ComputeMode:
     return _resolved
 
 
-def resolve() -> ComputeMode:
-    value, source = setting()
+def resolve(config_value: str | None = None) -> ComputeMode:
+    value, source = setting(config_value)
     if value == "on":
         return ComputeMode(True, source, f"forced on by {_where(source)}")
     if value == "off":

@@ -30,17 +30,36 @@ def test_step_has_text_tokens_and_signals(smol):
     assert d.finish in {"separator", "answer", "eos", "length"}
 
 
-def test_entropy_and_top1_match_a_direct_softmax(smol):
+def test_entropy_top1_and_logprob_match_a_direct_softmax(smol):
     prompt = smol.prompt_tokens(messages(ROBE))
     smol.sync(prompt)
     logits = smol._logits().astype(np.float64)
     p = np.exp(logits - logits.max())
     p /= p.sum()
     want_ent = float(-(p[p > 0] * np.log(p[p > 0])).sum())
-    tok, ent, top1 = smol._pick(0.0)
+    tok, ent, top1, logprob = smol._pick(0.0)
     assert tok == int(np.argmax(logits))
     assert math.isclose(top1, float(p.max()), rel_tol=1e-4)
     assert math.isclose(ent, want_ent, rel_tol=1e-3, abs_tol=1e-4)
+    assert math.isclose(logprob, math.log(float(p[tok])), rel_tol=1e-4, abs_tol=1e-5)
+
+
+def test_a_step_carries_the_sum_mean_and_min_of_its_tokens_logprobs(smol):
+    prompt = smol.prompt_tokens(messages(ROBE))
+    d = smol.next_step(prompt, max_tokens=12)
+    # the same tokens' log-probs, one by one from the logits the context gives
+    lps, context = [], list(prompt)
+    for tok in d.token_ids:
+        smol.sync(context)
+        logits = smol._logits().astype(np.float64)
+        top = logits.max()
+        lps.append(float(logits[tok] - top - math.log(np.exp(logits - top).sum())))
+        context.append(tok)
+    s = d.signals
+    assert s.n_tokens == len(lps) > 0
+    assert math.isclose(s.sum_logprob, sum(lps), abs_tol=1e-3)
+    assert math.isclose(s.mean_logprob, sum(lps) / len(lps), abs_tol=1e-4)
+    assert math.isclose(s.min_logprob, min(lps), abs_tol=1e-4)
 
 
 def test_next_step_evaluates_only_new_tokens(smol):
