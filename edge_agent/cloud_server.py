@@ -7,12 +7,18 @@ on from there. llama-cpp-python's own chat endpoint would close that message and
 such a request is answered through its completion endpoint with the prompt rendered here; every
 other request passes through untouched. Run as ``python -m edge_agent.cloud_server`` with
 llama-cpp-python's server options.
+
+A **read** is a completion request with ``echo``, ``logprobs`` and ``max_tokens: 0``: the prompt (text, or
+token ids as OpenAI's API accepts them) is scored by one prefill and nothing is generated. llama-cpp-python
+answers logprobs only from a model built with ``logits_all=True``, which slows every decode, so reads go to a
+second context on the same GGUF, built on the first read, that keeps its KV prefix between reads.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -94,6 +100,106 @@ class PrefillMiddleware:
         await send({"type": "http.response.body", "body": answer})
 
 
+class Reader:
+    """Prompt log-probs by one prefill: the context built with ``logits_all``, its KV prefix kept between reads."""
+
+    def __init__(self, model_path: str, n_ctx: int, n_threads: int | None) -> None:
+        self.model_path, self.n_ctx, self.n_threads = model_path, n_ctx, n_threads
+        self._llm: Any = None
+        self._ids: list[int] = []
+        self.lock = threading.Lock()
+
+    def _load(self) -> Any:
+        if self._llm is None:
+            from llama_cpp import Llama
+
+            self._llm = Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                              n_threads_batch=self.n_threads, logits_all=True, verbose=False)
+        return self._llm
+
+    def read(self, prompt: str | list[int]) -> dict[str, Any]:
+        """``tokens``, ``token_logprobs`` (None for the first), ``text_offset`` and ``ids`` of ``prompt``."""
+        import numpy as np
+
+        with self.lock:
+            llm = self._load()
+            ids = list(prompt) if isinstance(prompt, list) else llm.tokenize(prompt.encode("utf-8"), add_bos=False,
+                                                                             special=True)
+            if not ids or len(ids) > self.n_ctx:
+                raise ValueError(f"a read takes 1 to {self.n_ctx} tokens, got {len(ids)}")
+            if any(not isinstance(t, int) or not 0 <= t < llm.n_vocab() for t in ids):
+                raise ValueError("a token id is out of the model's vocabulary")
+            keep = 0
+            while keep < min(len(self._ids), len(ids)) and self._ids[keep] == ids[keep]:
+                keep += 1
+            keep = min(keep, len(ids) - 1)  # at least the last token is evaluated
+            llm.n_tokens = keep
+            llm.eval(ids[keep:])
+            self._ids = list(ids)
+            scores = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)
+        top = scores.max(axis=1, keepdims=True)
+        log_z = (top + np.log(np.exp(scores - top).sum(axis=1, keepdims=True)))[:, 0]
+        picked = scores[np.arange(len(ids) - 1), ids[1:]]
+        logprobs = [None, *(float(v) for v in picked - log_z)]
+        pieces = [llm.detokenize([t]).decode("utf-8", errors="replace") for t in ids]
+        offsets, at = [], 0
+        for piece in pieces:
+            offsets.append(at)
+            at += len(piece)
+        return {"ids": ids, "tokens": pieces, "token_logprobs": logprobs, "text_offset": offsets}
+
+
+def is_read(data: Any) -> bool:
+    """A completion request that only scores its prompt: echo, logprobs, and nothing to generate."""
+    return (isinstance(data, dict) and data.get("echo") is True and data.get("logprobs") is not None
+            and data.get("max_tokens") == 0 and isinstance(data.get("prompt"), (str, list)))
+
+
+def read_completion(data: dict[str, Any], reader: Reader) -> dict[str, Any]:
+    """A read answered in the shape of OpenAI's legacy completion with ``echo`` and ``logprobs``."""
+    out = reader.read(data["prompt"])
+    n = len(out["ids"])
+    return {
+        "id": f"cmpl-read-{int(time.time() * 1000)}", "object": "text_completion", "created": int(time.time()),
+        "model": data.get("model"),
+        "choices": [{"index": 0, "text": "".join(out["tokens"]), "finish_reason": "length",
+                     "logprobs": {"tokens": out["tokens"], "token_logprobs": out["token_logprobs"],
+                                  "top_logprobs": None, "text_offset": out["text_offset"]}}],
+        "usage": {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n},
+    }
+
+
+class ReadMiddleware:
+    """ASGI middleware: read requests on ``/v1/completions`` are scored by the ``Reader``; others pass."""
+
+    def __init__(self, app: Any, reader: Reader) -> None:
+        self.app = app
+        self.reader = reader
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/completions") \
+                or scope["path"].endswith("/chat/completions"):
+            return await self.app(scope, receive, send)
+        body = await _read_body(receive)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if not is_read(data):
+            return await self.app(scope, _replay(body, receive), send)
+        import asyncio
+
+        try:
+            status, answer = 200, await asyncio.to_thread(read_completion, data, self.reader)
+        except ValueError as e:
+            status, answer = 400, {"error": {"message": str(e), "type": "invalid_request_error", "param": "prompt",
+                                             "code": None}}
+        payload = json.dumps(answer).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+
 async def _read_body(receive: Callable) -> bytes:
     body = bytearray()
     while True:
@@ -147,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     server = parse_model_from_args(ServerSettings, args)
     model = parse_model_from_args(ModelSettings, args)
     app = PrefillMiddleware(create_app(server_settings=server, model_settings=[model]), template_renderer(model.model))
+    app = ReadMiddleware(app, Reader(model.model, model.n_ctx, model.n_threads_batch or model.n_threads))
     uvicorn.run(app, host=server.host, port=server.port, log_level="warning")
 
 

@@ -145,3 +145,60 @@ def atlas_fit(directory: str, share: float, folds: int, c: float, ablation: bool
         click.echo(json.dumps(report))
         return
     print_router_fit(report, saved)
+
+
+@atlas.command("read")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+@run_options("dataset")
+@click.option("--vocab", type=click.Choice(["same", "text"]), default="same", show_default=True,
+              help="same: send the edge's token ids as they are (the cloud shares its tokenizer); text: send the "
+                   "text and map the cloud's tokens back to the steps by offset.")
+@click.option("--max-k", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Steps a repair may be aimed at: k < MAX_K.")
+@click.option("--report-only", is_flag=True, help="Read nothing new: evaluate the reads already kept.")
+@cloud_options
+@json_option
+def atlas_read(directory: str, run: RunOptions, vocab: str, max_k: int, report_only: bool, cloud: CloudOptions,
+               as_json: bool) -> None:
+    """The cloud reads every trace and step branch once (reads.jsonl), then read-driven policies are evaluated."""
+    from cloud.pricing import lookup
+
+    from ..atlas_read import READS, done_reads, read_atlas
+    from ..read_eval import evaluate, load
+
+    out = Path(directory)
+    if not (out / ATLAS_DB).is_file():
+        raise InputError(f"no atlas in {directory}: build one with 'edge-agent atlas build --out {directory}'")
+    db = open_db(str(out / ATLAS_DB), create=False)
+    cfg = load_config()
+    agents = Agents.build(cfg, run, cloud, progress=join_progress())
+    if not report_only:
+        if agents.cloud is None:
+            raise InputError("a read needs a cloud: pass --cloud PROVIDER:MODEL (see 'edge-agent cloud-local')")
+        edge = agents.local()
+        from ..cloud_server import Reader
+
+        local = Reader(str(edge.path), edge.n_ctx, edge.n_threads)
+        n = read_atlas(db, out, edge, agents.cloud, agents.caps, vocab=vocab,
+                       edge_read=lambda ids: local.read(list(ids))["token_logprobs"],
+                       progress=None if as_json else lambda what: console().print(f"read {what}"))
+        if not as_json:
+            console().print(f"{n} new reads in {out / READS}")
+    summary = summarize(db)
+    base = {r["name"]: r for r in summary["rows"]}
+    price = agents.cloud.price if agents.cloud is not None else lookup("local")
+    problems, cloud_base = load(db, done_reads(out / READS), price)
+    if not problems:
+        raise InputError(f"no reads in {directory} yet: run 'edge-agent atlas read {directory} --cloud ...'")
+    local_acc = sum(p.correct for p in problems) / len(problems)
+    cloud_acc = _cloud_accuracy(db, {p.id for p in problems})
+    result = {"dir": directory, **evaluate(problems, cloud_base, local_acc, cloud_acc, max_k),
+              "atlas_n": summary["n"], "oracle": base.get("oracle (one step)")}
+    (out / "read_report.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    click.echo(json.dumps(result, indent=None if as_json else 1))
+
+
+def _cloud_accuracy(db: Any, ids: set[str]) -> float:
+    _, branches = store.atlas_rows(db)
+    got = [int(b["correct"]) for b in branches if b["kind"] == "cloud_only" and b["problem_id"] in ids]
+    return sum(got) / len(got) if got else 0.0

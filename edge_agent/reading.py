@@ -1,0 +1,137 @@
+"""What the cloud's read of a trace says: per step, how much less the cloud believes the edge's tokens than the edge.
+
+For each edge token we have ``e`` (the edge's own log-probability, from the step's signals or a local read)
+and ``c`` (the cloud's, from ``cloud.reads.read``). BASELINES.md measured on the bench pair: the whole-trace
+``sum(e - c)`` tells a wrong trace from a right one (AUROC 0.78 dev, 0.86 test); the step with the largest
+``sum(e - c)`` is where a cloud step helps most often; after a repair, the finish with the higher mean
+``(c - e)`` is the one to keep.
+
+Token ids go to the cloud as they are when both models share a vocabulary (``ids``); otherwise the text goes,
+and the cloud's tokens are mapped back to the edge's steps by their character offsets (``text``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+LOW_P = math.log(0.1)  # a token the cloud gives less than 10% is "improbable"
+
+
+@dataclass(frozen=True)
+class StepRead:
+    """One step's tokens as the cloud and the edge score them (log-probs in nats)."""
+
+    index: int
+    n: int
+    sum_c: float
+    min_c: float
+    low: int  # tokens with cloud probability < 0.1
+    sum_e: float
+
+    @property
+    def gap(self) -> float:
+        """sum(e - c): how much less the cloud believes this step than the edge does."""
+        return self.sum_e - self.sum_c
+
+
+@dataclass(frozen=True)
+class TraceRead:
+    steps: tuple[StepRead, ...]
+    input_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return sum(s.n for s in self.steps)
+
+    @property
+    def suspicion(self) -> float:
+        """The whether-score: sum(e - c) over the trace (higher = more likely wrong)."""
+        return sum(s.gap for s in self.steps)
+
+    @property
+    def trust(self) -> float:
+        """mean (c - e) per token (higher = the cloud believes it more): picks between two finishes."""
+        return -self.suspicion / self.n if self.n else 0.0
+
+    @property
+    def low(self) -> int:
+        return sum(s.low for s in self.steps)
+
+    def flagged(self, max_k: int, first: int = 0) -> int | None:
+        """The position (among the read steps) with the largest gap, from ``first`` and below ``max_k``; ties: earlier."""
+        cands = [(s.gap, -i) for i, s in enumerate(self.steps) if first <= i < max_k and s.n]
+        return -max(cands)[1] if cands else None
+
+    def to_dict(self) -> dict:
+        return {"steps": [asdict(s) for s in self.steps], "input_tokens": self.input_tokens,
+                "cost_usd": self.cost_usd, "suspicion": round(self.suspicion, 6), "trust": round(self.trust, 6),
+                "low": self.low, "n": self.n}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TraceRead":
+        return cls(tuple(StepRead(**s) for s in d["steps"]), d.get("input_tokens", 0), d.get("cost_usd", 0.0))
+
+
+def _step_read(index: int, cs: Sequence[float], es: Sequence[float] | float) -> StepRead:
+    sum_e = es if isinstance(es, float) else float(sum(es))
+    return StepRead(index=index, n=len(cs), sum_c=round(float(sum(cs)), 6), min_c=round(min(cs, default=0.0), 6),
+                    low=sum(1 for c in cs if c < LOW_P), sum_e=round(sum_e, 6))
+
+
+def by_ids(prompt: Sequence[int], steps: Sequence[tuple[int, Sequence[int], float]],
+           logprobs: Sequence[float | None]) -> tuple[StepRead, ...]:
+    """Per-step reads from log-probs aligned with ``prompt + all step ids`` (a same-vocabulary read).
+
+    ``steps``: (index, token ids, the edge's sum of log-probs over them)."""
+    at = len(prompt)
+    if len(logprobs) != at + sum(len(ids) for _, ids, _ in steps):
+        raise ValueError("the read's tokens do not line up with the ids sent")
+    out = []
+    for index, ids, sum_e in steps:
+        cs = [float(v) for v in logprobs[at: at + len(ids)] if v is not None]
+        out.append(_step_read(index, cs, float(sum_e)))
+        at += len(ids)
+    return tuple(out)
+
+
+def by_text(prompt_text: str, steps: Sequence[tuple[int, str, float]], tokens: Sequence[str],
+            logprobs: Sequence[float | None], offsets: Sequence[int]) -> tuple[StepRead, ...]:
+    """Per-step reads from a read of ``prompt_text + all step texts`` by a cloud with its own tokenizer.
+
+    Each cloud token belongs to the step whose characters it starts in; tokens in the prompt are skipped.
+    ``steps``: (index, raw text, the edge's sum of log-probs over its tokens)."""
+    spans, at = [], len(prompt_text)
+    for index, raw, _ in steps:
+        spans.append((at, at + len(raw)))
+        at += len(raw)
+    cs: list[list[float]] = [[] for _ in steps]
+    j = 0
+    for off, lp in zip(offsets, logprobs):
+        if lp is None or off < len(prompt_text):
+            continue
+        while j < len(spans) - 1 and off >= spans[j][1]:
+            j += 1
+        if spans and spans[j][0] <= off < spans[j][1]:
+            cs[j].append(float(lp))
+    return tuple(_step_read(index, c, float(sum_e)) for (index, _, sum_e), c in zip(steps, cs))
+
+
+EdgeLogprobs = Callable[[Sequence[int]], Sequence[float | None]]
+
+
+def edge_sums(prompt: Sequence[int], steps: Sequence[tuple[int, Sequence[int], float | None]],
+              edge_read: EdgeLogprobs | None) -> list[tuple[int, Sequence[int], float]]:
+    """Fill in the edge's sum of log-probs for steps whose signals lack it, by one local read of the whole context."""
+    if all(s is not None for _, _, s in steps) or edge_read is None:
+        return [(i, ids, float(s or 0.0)) for i, ids, s in steps]
+    context = list(prompt) + [t for _, ids, _ in steps for t in ids]
+    lps = edge_read(context)
+    out, at = [], len(prompt)
+    for index, ids, s in steps:
+        local = float(sum(v for v in lps[at: at + len(ids)] if v is not None))
+        out.append((index, ids, float(s) if s is not None else local))
+        at += len(ids)
+    return out
