@@ -193,8 +193,18 @@ class Agent(CloudActions):
         # the rewrites earlier reviews made: their cloud steps may be superseded since, but they were paid for
         sent_back = sum(1 for e in store.events(self.db, r.sid) if e["action"] == "rewrite"
                         and '"review"' in (e.get("detail") or ""))
-        action = review(r.steps, r.status, sent_back)
+        if getattr(self.policy, "wants_read", False):
+            events_read: list = []
+            read = self.read_draft(r.sid, r.prompt, r.steps, events_read)
+            for ev, what in events_read:
+                store.log_event(self.db, r.sid, r.steps[-1].index if r.steps else 0, ev, what)
+            action = review(r.steps, r.status, sent_back, read)
+        else:
+            action = review(r.steps, r.status, sent_back)
         if action.trigger is None:
+            return False
+        if action.kind == "restore":
+            self._restore(r, action)
             return False
         event = TriggerEvent(action.trigger, action.kind != "accept", action.score, action.threshold,
                              detail={"review": r.status, "reason": action.reason, "step": action.at,
@@ -214,6 +224,22 @@ class Agent(CloudActions):
         r.steps = kept
         self._commit(r, written, events, rollback=action.at, rollback_reason=action.trigger)
         return True
+
+    def _restore(self, r: "_Run", action: Action) -> None:
+        """Put the draft's own steps back from ``action.at`` on (the read trusted them more than the repair)."""
+        kept = list(getattr(self.policy, "restore_steps", []))
+        event = TriggerEvent(action.trigger or "policy", True, action.score, action.threshold,
+                             detail={"review": r.status, "reason": action.reason, "step": action.at})
+        if not kept:
+            return
+        pos = next(i for i, s in enumerate(r.steps) if s.index == action.at)
+        r.steps = r.steps[:pos]
+        for n, old in enumerate(kept):
+            step = replace(old, id=None, trigger=action.trigger if n == 0 else old.trigger)
+            self._commit(r, step, [(event, "restore")] if n == 0 else [],
+                         rollback=action.at if n == 0 else None, rollback_reason=action.trigger if n == 0 else None)
+        if r.status == "running":  # the draft had ended without an answer (its status is the policy's to tell)
+            self._finish(r, getattr(self.policy, "restore_status", "ended"))
 
     def _cloud_first(self, r: "_Run", pre: Action, events: list) -> bool:
         """The policy wants the cloud before any local draft. True if the cloud wrote something."""

@@ -5,6 +5,7 @@ Reads are kept in ``reads.jsonl`` beside the atlas (one line per session read, r
 in the atlas database's ledger, ``purpose = read``). The edge's own log-probs of the tokens come from the steps'
 signals where they carry them (``sum_logprob``, recorded since the read was added) and otherwise from one local
 read of the same ids by the edge model (a second llama.cpp context with ``logits_all``; nothing generated).
+A step the cloud wrote counts with e = c, as in a live run (the edge never decoded it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cloud.budget import Budget
 from cloud.reads import read as cloud_read
 
 from .prompts import messages
-from .reading import TraceRead, by_ids, by_text, edge_sums
+from triggers.reading import TraceRead, by_ids, by_text, edge_sums, step_inputs
 from .state import load_state
 
 READS = "reads.jsonl"
@@ -54,9 +55,7 @@ def session_read(db: Any, session_id: str, edge: Any, cloud: Any, caps: Any, voc
     """One read of a session's active steps (all of them, whoever wrote them), recorded on its ledger."""
     state = load_state(db, session_id)
     prompt = edge.prompt_tokens(messages(state.problem))
-    steps = [(s.index, s.token_ids, s.signals.sum_logprob if s.author == "local" and
-              (s.signals.sum_logprob or not s.signals.n_tokens) else None) for s in state.steps]
-    steps = edge_sums(prompt, steps, edge_read)
+    steps = edge_sums(prompt, step_inputs(state.steps), edge_read)
     budget = Budget(db, caps, session_id)
     if vocab == "same":
         reply = cloud_read(cloud, list(prompt) + [t for _, ids, _ in steps for t in ids], budget=budget)

@@ -217,6 +217,33 @@ class CloudActions:
             reason = f"judge: {last.trigger if last is not None else 'no reply'}"
         return Score(logprob_score(step.signals), "logprob", {"fallback": reason})
 
+    def read_draft(self, session_id: str, prompt: list[int], steps: list[Step], events: list) -> Any:
+        """The cloud's read of the draft (a ``triggers.reading.TraceRead``), or None with an event saying why.
+
+        Only a cloud that reads by prefill is asked; for one that cannot (OpenAI's own API, Anthropic) a
+        ``read_unavailable`` event says so and the draft stands. The ids go as they are: the read is meant for a
+        cloud that shares the edge's tokenizer (``[cloud] read = "echo"`` asserts it for a remote endpoint)."""
+        from cloud.reads import read, read_mode
+        from triggers.reading import TraceRead, by_ids, edge_sums, step_inputs
+
+        if self.cloud is not None and read_mode(self.cloud, getattr(self, "read_setting", "auto")) != "echo":
+            events.append((TriggerEvent("read_unavailable", True, detail={
+                "purpose": "read", "reason": f"{self.cloud.provider}:{self.cloud.model} gives no prompt log-probs: "
+                                             "the draft stands (a judge fallback is not built yet)"}), "keep_local"))
+            return None
+        inputs = edge_sums(prompt, step_inputs(steps), None)
+        ids = list(prompt) + [t for _, tok, _ in inputs for t in tok]
+        reply = self._guarded("read", events, lambda: read(self.cloud, ids, budget=self._budget(session_id),
+                                                           step_idx=len(steps)))
+        if reply is None:
+            return None
+        try:
+            return TraceRead(by_ids(prompt, inputs, reply.token_logprobs), reply.input_tokens, reply.cost_usd)
+        except ValueError as e:
+            events.append((TriggerEvent("cloud_error", True, detail={"purpose": "read", "kind": "malformed",
+                                                                     "message": str(e)}), "keep_local"))
+            return None
+
 
 def parse_intervention(text: str, n_steps: int) -> tuple[int | None, str] | None:
     """Validate the cloud's ``{"first_wrong_step": k|null, "next_step": "..."}``; None if invalid."""
@@ -238,3 +265,4 @@ def parse_intervention(text: str, n_steps: int) -> tuple[int | None, str] | None
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < max(n_steps, 1)):
         return None
     return k, nxt.strip()
+

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .atlas import auroc
-from .reading import TraceRead
+from triggers.reading import TraceRead
 
 SHARES = (0.10, 0.15, 0.25)
 FOLDS = 5

@@ -14,7 +14,7 @@ from cloud.errors import BudgetDenied
 from cloud.pricing import Price
 from cloud.reads import read, read_mode
 from edge_agent.prompts import messages
-from edge_agent.reading import TraceRead, by_ids, by_text
+from triggers.reading import TraceRead, by_ids, by_text
 from tests.conftest import ROBE
 
 PRICE = Price(input=0.55, output=2.19)

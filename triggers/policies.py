@@ -17,6 +17,7 @@ from .spec import convert, parse_spec, shown_as, split_specs
 from .router import Router
 from .trigreason import Hybrid, TrigReason
 from .trim import TrimBudget, TrimLearned, TrimThr
+from .verify_repair import VerifyRepair
 from .types import Action, Step, TriggerEvent
 
 __all__ = ["ACCEPT", "POLICIES", "BasePolicy", "CloudOnly", "EveryK", "Hybrid", "LocalOnly", "NoParams", "Policy",
@@ -96,7 +97,7 @@ class BranchAt(BasePolicy):
 
 
 POLICIES: dict[str, type] = {p.name: p for p in (LocalOnly, CloudOnly, EveryK, TrimThr, TrimBudget, TrimLearned,
-                                                 TrigReason, Hybrid, BranchAt, Router)}
+                                                 TrigReason, Hybrid, BranchAt, Router, VerifyRepair)}
 
 
 def _fields(name: str) -> tuple[type, dict[str, dataclasses.Field]]:

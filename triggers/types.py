@@ -80,11 +80,13 @@ class TriggerEvent:
 
 @dataclass(frozen=True)
 class Action:
-    """What the policy decided for a step: accept | rewrite | intervene | plan | solve | handover.
+    """What the policy decided for a step: accept | rewrite | intervene | plan | solve | handover | restore.
+
+    ``restore`` (a review's): put the draft's own steps back from ``at`` on, undoing a repair the read trusts less.
 
     ``handover``: the cloud writes the rest of the solution from this step, continuing the accepted ones."""
 
-    kind: Literal["accept", "rewrite", "intervene", "plan", "solve", "handover"] = "accept"
+    kind: Literal["accept", "rewrite", "intervene", "plan", "solve", "handover", "restore"] = "accept"
     trigger: str | None = None
     score: float | None = None
     threshold: float | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 LOW_P = math.log(0.1)  # a token the cloud gives less than 10% is "improbable"
 
@@ -75,29 +76,30 @@ class TraceRead:
         return cls(tuple(StepRead(**s) for s in d["steps"]), d.get("input_tokens", 0), d.get("cost_usd", 0.0))
 
 
-def _step_read(index: int, cs: Sequence[float], es: Sequence[float] | float) -> StepRead:
-    sum_e = es if isinstance(es, float) else float(sum(es))
+def _step_read(index: int, cs: Sequence[float], sum_e: float | None) -> StepRead:
+    """``sum_e`` None: a step the edge did not write (the cloud's): it counts as believed alike (e = c)."""
+    sum_e = float(sum(cs)) if sum_e is None else sum_e
     return StepRead(index=index, n=len(cs), sum_c=round(float(sum(cs)), 6), min_c=round(min(cs, default=0.0), 6),
                     low=sum(1 for c in cs if c < LOW_P), sum_e=round(sum_e, 6))
 
 
-def by_ids(prompt: Sequence[int], steps: Sequence[tuple[int, Sequence[int], float]],
+def by_ids(prompt: Sequence[int], steps: Sequence[tuple[int, Sequence[int], float | None]],
            logprobs: Sequence[float | None]) -> tuple[StepRead, ...]:
     """Per-step reads from log-probs aligned with ``prompt + all step ids`` (a same-vocabulary read).
 
-    ``steps``: (index, token ids, the edge's sum of log-probs over them)."""
+    ``steps``: (index, token ids, the edge's sum of log-probs over them, None for a cloud step)."""
     at = len(prompt)
     if len(logprobs) != at + sum(len(ids) for _, ids, _ in steps):
         raise ValueError("the read's tokens do not line up with the ids sent")
     out = []
     for index, ids, sum_e in steps:
         cs = [float(v) for v in logprobs[at: at + len(ids)] if v is not None]
-        out.append(_step_read(index, cs, float(sum_e)))
+        out.append(_step_read(index, cs, sum_e))
         at += len(ids)
     return tuple(out)
 
 
-def by_text(prompt_text: str, steps: Sequence[tuple[int, str, float]], tokens: Sequence[str],
+def by_text(prompt_text: str, steps: Sequence[tuple[int, str, float | None]], tokens: Sequence[str],
             logprobs: Sequence[float | None], offsets: Sequence[int]) -> tuple[StepRead, ...]:
     """Per-step reads from a read of ``prompt_text + all step texts`` by a cloud with its own tokenizer.
 
@@ -116,22 +118,38 @@ def by_text(prompt_text: str, steps: Sequence[tuple[int, str, float]], tokens: S
             j += 1
         if spans and spans[j][0] <= off < spans[j][1]:
             cs[j].append(float(lp))
-    return tuple(_step_read(index, c, float(sum_e)) for (index, _, sum_e), c in zip(steps, cs))
+    return tuple(_step_read(index, c, sum_e) for (index, _, sum_e), c in zip(steps, cs))
 
 
 EdgeLogprobs = Callable[[Sequence[int]], Sequence[float | None]]
+MISSING = "missing"  # a local step whose signals predate the edge's log-probs
 
 
-def edge_sums(prompt: Sequence[int], steps: Sequence[tuple[int, Sequence[int], float | None]],
-              edge_read: EdgeLogprobs | None) -> list[tuple[int, Sequence[int], float]]:
-    """Fill in the edge's sum of log-probs for steps whose signals lack it, by one local read of the whole context."""
-    if all(s is not None for _, _, s in steps) or edge_read is None:
-        return [(i, ids, float(s or 0.0)) for i, ids, s in steps]
+def edge_sums(prompt: Sequence[int], steps: Sequence[tuple[int, Sequence[int], float | str | None]],
+              edge_read: EdgeLogprobs | None) -> list[tuple[int, Sequence[int], float | None]]:
+    """Fill in the edge's sum of log-probs for local steps whose signals lack it (``MISSING``), by one local read
+    of the whole context; a cloud step's None stays None."""
+    if not any(s == MISSING for _, _, s in steps) or edge_read is None:
+        return [(i, ids, 0.0 if s == MISSING else s) for i, ids, s in steps]  # type: ignore[misc]
     context = list(prompt) + [t for _, ids, _ in steps for t in ids]
     lps = edge_read(context)
-    out, at = [], len(prompt)
+    out: list[tuple[int, Sequence[int], float | None]] = []
+    at = len(prompt)
     for index, ids, s in steps:
         local = float(sum(v for v in lps[at: at + len(ids)] if v is not None))
-        out.append((index, ids, float(s) if s is not None else local))
+        out.append((index, ids, local if s == MISSING else s))  # type: ignore[arg-type]
         at += len(ids)
+    return out
+
+
+def step_inputs(steps: Sequence[Any]) -> list[tuple[int, Sequence[int], float | str | None]]:
+    """(index, token ids, the edge's log-prob sum | MISSING | None for a cloud step) of ``Step`` values."""
+    out: list[tuple[int, Sequence[int], float | str | None]] = []
+    for s in steps:
+        if s.author != "local":
+            out.append((s.index, s.token_ids, None))
+        elif s.signals.sum_logprob or not s.signals.n_tokens:
+            out.append((s.index, s.token_ids, s.signals.sum_logprob))
+        else:
+            out.append((s.index, s.token_ids, MISSING))
     return out
