@@ -21,5 +21,10 @@ cfg=$PWD/bench/atlas/config.toml
 printf '[cloud]\ntimeout_s = 600\nmax_retries = 0\ncontinuation = "on"\n' > "$cfg"
 EDGE_AGENT_CONFIG=$cfg edge-agent atlas build --dataset "$dataset" --limit "$limit" --max-k "$max_k" \
   --model qwen2.5-coder-0.5b --cloud openai:local --cloud-base-url "http://127.0.0.1:$port/v1" --out "$out"
+# the cloud reads each new trace and the branch its read flags (reads.jsonl; READS=0 skips)
+if [ "${READS:-1}" = 1 ]; then
+  EDGE_AGENT_CONFIG=$cfg edge-agent atlas read "$out" --model qwen2.5-coder-0.5b --cloud openai:local \
+    --cloud-base-url "http://127.0.0.1:$port/v1" --max-k "$max_k" --json > /dev/null
+fi
 EDGE_AGENT_CONFIG=$cfg edge-agent atlas report "$out" --json > "$out/report.json"
 EDGE_AGENT_CONFIG=$cfg edge-agent atlas report "$out"

@@ -195,7 +195,7 @@ class Agent(CloudActions):
                         and '"review"' in (e.get("detail") or ""))
         if getattr(self.policy, "wants_read", False):
             events_read: list = []
-            read = self.read_draft(r.sid, r.prompt, r.steps, events_read)
+            read = self.read_draft(r.sid, r.problem, r.prompt, r.steps, events_read)
             for ev, what in events_read:
                 store.log_event(self.db, r.sid, r.steps[-1].index if r.steps else 0, ev, what)
             action = review(r.steps, r.status, sent_back, read)

@@ -69,21 +69,37 @@ def session_read(db: Any, session_id: str, edge: Any, cloud: Any, caps: Any, voc
     return TraceRead(reads, reply.input_tokens, reply.cost_usd)
 
 
-def read_atlas(db: Any, out: Path, edge: Any, cloud: Any, caps: Any, *, vocab: str = "same",
-               edge_read: Callable[[Sequence[int]], Sequence[float | None]] | None = None,
+def read_atlas(db: Any, out: Path, edge: Any, cloud: Any, caps: Any, *, vocab: str = "same", max_k: int = 4,
+               all_branches: bool = False, edge_read: Callable[[Sequence[int]], Sequence[float | None]] | None = None,
                progress: Callable[[str], None] | None = None) -> int:
-    """Read every session of the atlas not read yet; returns how many were read now."""
+    """Read every trace not read yet, and the step branch its read flags (every step branch with ``all_branches``):
+    what verify-repair needs. Returns how many sessions were read now."""
     path = out / READS
     done = done_reads(path)
     n = 0
+    flagged: dict[str, int | None] = {}
     for pid, kind, k, sid in read_sessions(db):
-        if sid in done:
+        if kind == "trace":
+            row = done.get(sid) or _read_one(db, path, pid, kind, k, sid, edge, cloud, caps, vocab, edge_read)
+            n += sid not in done
+            done[sid] = row
+            flagged[pid] = TraceRead.from_dict(row["read"]).flagged(max_k)
+            if progress and n:
+                progress(f"{pid} trace")
             continue
-        r = session_read(db, sid, edge, cloud, caps, vocab, edge_read)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"problem_id": pid, "kind": kind, "k": k, "session_id": sid, "vocab": vocab,
-                                "read": r.to_dict()}) + "\n")
+        if sid in done or not (all_branches or k == flagged.get(pid)):
+            continue
+        done[sid] = _read_one(db, path, pid, kind, k, sid, edge, cloud, caps, vocab, edge_read)
         n += 1
         if progress:
             progress(f"{pid} {kind} {k}")
     return n
+
+
+def _read_one(db: Any, path: Path, pid: str, kind: str, k: int, sid: str, edge: Any, cloud: Any, caps: Any,
+              vocab: str, edge_read: Any) -> dict:
+    r = session_read(db, sid, edge, cloud, caps, vocab, edge_read)
+    row = {"problem_id": pid, "kind": kind, "k": k, "session_id": sid, "vocab": vocab, "read": r.to_dict()}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    return row

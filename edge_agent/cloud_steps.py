@@ -217,20 +217,24 @@ class CloudActions:
             reason = f"judge: {last.trigger if last is not None else 'no reply'}"
         return Score(logprob_score(step.signals), "logprob", {"fallback": reason})
 
-    def read_draft(self, session_id: str, prompt: list[int], steps: list[Step], events: list) -> Any:
+    def read_draft(self, session_id: str, problem: str, prompt: list[int], steps: list[Step], events: list) -> Any:
         """The cloud's read of the draft (a ``triggers.reading.TraceRead``), or None with an event saying why.
 
-        Only a cloud that reads by prefill is asked; for one that cannot (OpenAI's own API, Anthropic) a
-        ``read_unavailable`` event says so and the draft stands. The ids go as they are: the read is meant for a
+        A cloud that reads by prefill (``cloud.reads.read_mode`` "echo") scores the draft's tokens; one that cannot
+        (OpenAI's own API, Anthropic) is asked a judge prompt instead, and a ``read_by_judge`` event says so
+        (a ``triggers.reading.JudgeRead``). The ids go as they are: the read is meant for a
         cloud that shares the edge's tokenizer (``[cloud] read = "echo"`` asserts it for a remote endpoint)."""
         from cloud.reads import read, read_mode
         from triggers.reading import TraceRead, by_ids, edge_sums, step_inputs
 
-        if self.cloud is not None and read_mode(self.cloud, getattr(self, "read_setting", "auto")) != "echo":
-            events.append((TriggerEvent("read_unavailable", True, detail={
-                "purpose": "read", "reason": f"{self.cloud.provider}:{self.cloud.model} gives no prompt log-probs: "
-                                             "the draft stands (a judge fallback is not built yet)"}), "keep_local"))
+        mode = read_mode(self.cloud, getattr(self, "read_setting", "auto")) if self.cloud is not None else "echo"
+        if mode == "off":
             return None
+        if mode == "judge":
+            events.append((TriggerEvent("read_by_judge", True, detail={
+                "purpose": "read", "reason": f"{self.cloud.provider}:{self.cloud.model} gives no prompt log-probs: "
+                                             "a judge prompt names the first wrong step instead"}), "judge"))
+            return self._judge_read(session_id, problem, steps, events)
         inputs = edge_sums(prompt, step_inputs(steps), None)
         ids = list(prompt) + [t for _, tok, _ in inputs for t in tok]
         reply = self._guarded("read", events, lambda: read(self.cloud, ids, budget=self._budget(session_id),
@@ -243,6 +247,22 @@ class CloudActions:
             events.append((TriggerEvent("cloud_error", True, detail={"purpose": "read", "kind": "malformed",
                                                                      "message": str(e)}), "keep_local"))
             return None
+
+    def _judge_read(self, session_id: str, problem: str, steps: list[Step], events: list) -> Any:
+        from triggers.reading import JudgeRead, parse_judge
+
+        from .prompts import judge_read_messages
+
+        reply = self._ask(session_id, judge_read_messages(problem, steps), purpose="read", step_idx=len(steps),
+                          max_tokens=8, events=events, stop=[])
+        if reply is None:
+            return None
+        verdict = parse_judge(reply.text, len(steps))
+        if verdict == "unparsed":
+            events.append((TriggerEvent("cloud_error", True, detail={"purpose": "read", "kind": "unparsed",
+                                                                     "message": reply.text[:80]}), "keep_local"))
+            return None
+        return JudgeRead(verdict, len(steps), reply.input_tokens, reply.cost_usd)  # type: ignore[arg-type]
 
 
 def parse_intervention(text: str, n_steps: int) -> tuple[int | None, str] | None:

@@ -8,6 +8,7 @@
     max_retries = 2
     cooldown_s = 60
     continuation = "auto"          # cloud steps continue the edge's own turn: auto (by provider) | on | off
+    read = "auto"                  # how the cloud reads a draft: echo (prompt log-probs) | judge | off | auto
 
     [budget]
     max_cost_session = 0.05        # USD
@@ -42,7 +43,7 @@ from .errors import ConfigError
 
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "cloud": {"provider": str, "model": str, "base_url": str, "timeout_s": (int, float),
-              "max_retries": int, "cooldown_s": (int, float), "continuation": str},
+              "max_retries": int, "cooldown_s": (int, float), "continuation": str, "read": str},
     "budget": {"max_cost_session": (int, float), "max_cost_day": (int, float), "max_cost_month": (int, float)},
     "keys": {"openai": str, "anthropic": str},
     "local": {"repack": str},
@@ -60,6 +61,7 @@ RULES: dict[tuple[str, str], tuple[str, Any]] = {
     ("cloud", "base_url"): ("an http:// or https:// URL with a host, e.g. https://api.deepseek.com/v1",
                             lambda v: _url_problem(v) is None),
     ("cloud", "continuation"): ("auto, on or off", lambda v: v in ("auto", "on", "off")),
+    ("cloud", "read"): ("auto, echo, judge or off", lambda v: v in ("auto", "echo", "judge", "off")),
     ("local", "repack"): ("auto, on or off", lambda v: v in ("auto", "on", "off")),
     **{("budget", k): _USD for k in SCHEMA["budget"]},
 }

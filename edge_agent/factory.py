@@ -157,6 +157,7 @@ class Agents:
     progress: Progress | None = None  # shown while a chunked preset is joined (first use only)
     continuation: str = "auto"  # [cloud] continuation: how cloud steps are asked for
     step_cache: bool = False
+    read: str = "auto"  # [cloud] read: how verify-repair's reads are asked for (cloud.reads.read_mode)
     _local: Any = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -164,7 +165,8 @@ class Agents:
         """Check the caps, then build the cloud (both fail before any model or database is touched)."""
         caps = build_caps(cfg, cloud.max_cost)
         return cls(run.model, run.n_ctx, build_cloud(cfg, cloud), caps, cloud.offline, progress,
-                   continuation=cfg.cloud.get("continuation", "auto"), step_cache=run.step_cache)
+                   continuation=cfg.cloud.get("continuation", "auto"), step_cache=run.step_cache,
+                   read=cfg.cloud.get("read", "auto"))
 
     def local(self) -> Any:
         if self._local is None:
@@ -174,8 +176,10 @@ class Agents:
     def agent(self, policy: str, db: Any, *, offline: bool | None = None) -> Agent:
         """An agent running ``policy`` on ``db``; ``offline`` overrides the options' flag (chat's /offline)."""
         local = CachedModel(self.local(), db) if self.step_cache else self.local()
-        return Agent(local, db, policy, cloud=self.cloud, caps=self.caps,
-                     offline=self.offline if offline is None else offline, continuation=self.continuation)
+        agent = Agent(local, db, policy, cloud=self.cloud, caps=self.caps,
+                      offline=self.offline if offline is None else offline, continuation=self.continuation)
+        agent.read_setting = self.read
+        return agent
 
 
 def open_db(db_path: str | None, *, create: bool = True) -> Any:

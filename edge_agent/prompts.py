@@ -91,3 +91,18 @@ def intervene_messages(problem: str, steps) -> list[dict[str, str]]:
         {"role": "system", "content": INTERVENE_SYSTEM},
         {"role": "user", "content": f"Problem:\n{problem}\n\nSteps so far:\n{transcript(steps)}\n\nYour JSON:"},
     ]
+
+
+JUDGE_READ_SYSTEM = (
+    "You check a step-by-step solution to a math problem. Find the first step that contains an error "
+    "(a wrong calculation, a wrong fact from the problem, or a wrong conclusion). "
+    "Reply with only that step's number, or with the word none if every step is correct."
+)
+
+
+def judge_read_messages(problem: str, steps) -> list[dict[str, str]]:
+    """The judge's read, for a cloud that gives no prompt log-probs: which step is the first wrong one."""
+    return [
+        {"role": "system", "content": JUDGE_READ_SYSTEM},
+        {"role": "user", "content": f"Problem:\n{problem}\n\nSolution:\n{transcript(steps)}\n\nFirst wrong step:"},
+    ]

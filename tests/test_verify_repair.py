@@ -77,3 +77,30 @@ def test_a_cap_that_cannot_pay_the_read_leaves_the_draft_and_says_so(llama_serve
     assert all(s["author"] == "local" for s in out["steps"])
     assert any(e["trigger"] == "budget_denied" for e in out["events"])
     assert out["usage"]["cost_usd"] == 0
+
+
+def test_a_cloud_without_prompt_logprobs_is_asked_the_judge_and_an_event_says_so(llama_server, tmp_path):
+    cfg = tmp_path / "judge.toml"
+    cfg.write_text('[cloud]\nread = "judge"\n')
+    r = run_cli("solve", ROBE, "--policy", "verify-repair", "--cloud", "openai:local", "--cloud-base-url", llama_server,
+                "--max-steps", "2", "--max-step-tokens", "16", "--json", env={"EDGE_AGENT_CONFIG": str(cfg)}, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()[-500:]
+    out = json.loads(r.stdout)
+    judged = [e for e in out["events"] if e["trigger"] == "read_by_judge"]
+    assert judged and "no prompt log-probs" in json.dumps(judged)
+    import sqlite3
+
+    db = sqlite3.connect(str(tmp_path / "edge.db"))
+    rows = db.execute("select output_tokens, mode from cloud_calls where purpose = 'read' and session_id = ?",
+                      [out["session_id"]]).fetchall()
+    assert rows and all(o <= 8 and m != "echo" for o, m in rows)  # a chat call of a few tokens, not a prefill
+
+
+def test_the_judge_reply_is_parsed_to_a_step_or_none():
+    from triggers.reading import JudgeRead, parse_judge
+
+    assert parse_judge("2", 4) == 2 and parse_judge("Step 1.", 4) == 1 and parse_judge("none", 4) is None
+    assert parse_judge("9", 4) == "unparsed" and parse_judge("hmm", 4) == "unparsed"
+    j = JudgeRead(1, 4)
+    assert j.flagged(4) == 1 and j.flagged(1) is None and j.trust == 0.0 and j.suspicion > 1e9
+    assert JudgeRead(None, 4).flagged(4) is None and JudgeRead(None, 4).trust == 1.0

@@ -153,3 +153,42 @@ def step_inputs(steps: Sequence[Any]) -> list[tuple[int, Sequence[int], float | 
         else:
             out.append((s.index, s.token_ids, MISSING))
     return out
+
+
+@dataclass(frozen=True)
+class JudgeRead:
+    """The judge's read, for a cloud with no prompt log-probs: the first step it calls wrong (None: all right).
+
+    It speaks the ``TraceRead`` interface ``verify-repair`` uses: a wrong verdict is maximally suspicious and
+    flags its step; ``trust`` is 1 for a trace judged right and 0 for one judged wrong."""
+
+    first_wrong: int | None  # position among the read steps
+    n_steps: int
+    input_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def suspicion(self) -> float:
+        return math.inf if self.first_wrong is not None else -math.inf
+
+    @property
+    def trust(self) -> float:
+        return 0.0 if self.first_wrong is not None else 1.0
+
+    def flagged(self, max_k: int, first: int = 0) -> int | None:
+        k = self.first_wrong
+        return k if k is not None and first <= k < min(max_k, self.n_steps) else None
+
+
+def parse_judge(text: str, n_steps: int) -> int | None | str:
+    """The judge's reply as a step position, None for "none", or "unparsed"."""
+    import re
+
+    t = text.strip().lower()
+    if t.startswith("none") or t.startswith("no "):
+        return None
+    m = re.search(r"\d+", t)
+    if not m:
+        return "unparsed"
+    k = int(m.group())
+    return k if 0 <= k < n_steps else "unparsed"

@@ -156,10 +156,12 @@ def atlas_fit(directory: str, share: float, folds: int, c: float, ablation: bool
 @click.option("--max-k", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Steps a repair may be aimed at: k < MAX_K.")
 @click.option("--report-only", is_flag=True, help="Read nothing new: evaluate the reads already kept.")
+@click.option("--all-branches", is_flag=True,
+              help="Read every step branch, not only the one each trace's read flags (what verify-repair needs).")
 @cloud_options
 @json_option
-def atlas_read(directory: str, run: RunOptions, vocab: str, max_k: int, report_only: bool, cloud: CloudOptions,
-               as_json: bool) -> None:
+def atlas_read(directory: str, run: RunOptions, vocab: str, max_k: int, report_only: bool, all_branches: bool,
+               cloud: CloudOptions, as_json: bool) -> None:
     """The cloud reads every trace and step branch once (reads.jsonl), then read-driven policies are evaluated."""
     from cloud.pricing import lookup
 
@@ -179,7 +181,7 @@ def atlas_read(directory: str, run: RunOptions, vocab: str, max_k: int, report_o
         from ..cloud_server import Reader
 
         local = Reader(str(edge.path), edge.n_ctx, edge.n_threads)
-        n = read_atlas(db, out, edge, agents.cloud, agents.caps, vocab=vocab,
+        n = read_atlas(db, out, edge, agents.cloud, agents.caps, vocab=vocab, max_k=max_k, all_branches=all_branches,
                        edge_read=lambda ids: local.read(list(ids))["token_logprobs"],
                        progress=None if as_json else lambda what: console().print(f"read {what}"))
         if not as_json:
