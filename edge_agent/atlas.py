@@ -18,7 +18,7 @@ from typing import Any
 import store
 from triggers.scorers import logprob_score
 
-from .bench import fallback_answer, grade
+from .bench import fallback_answer, grade, require_grader
 from .errors import InputError
 from .report import session_report
 from .values import Signals
@@ -97,6 +97,7 @@ def build_branch(agent: Any, db: Any, p: dict[str, str], kind: str, k: int, sett
 def build(make_agent: Callable[[str], Any], db: Any, problems: Sequence[dict[str, str]], settings: Any,
           plan: AtlasPlan, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Build (or finish) the atlas of ``problems``; ``make_agent(policy)`` gives an agent on ``db``."""
+    require_grader()
     for p in problems:
         trace = build_trace(make_agent("local-only"), db, p, settings)
         fixing = None
