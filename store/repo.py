@@ -69,7 +69,8 @@ def step_cache_get(db: Database, key: str) -> dict[str, Any] | None:
     hit = get(db, key)
     if hit is not None:
         path = db.execute("PRAGMA database_list").fetchone()[2] or "DB"
-        fix = f"delete it, it is only a cache: sqlite3 {shlex.quote(path)} \"DELETE FROM step_cache WHERE key = '{key}'\""
+        delete = f"DELETE FROM step_cache WHERE key = '{key}'"
+        fix = f"delete it, it is only a cache: sqlite3 {shlex.quote(path)} \"{delete}\""
         where = f"key {key[:16]}…"
         for column in ("token_ids", "signals"):
             if hit[column] is None:

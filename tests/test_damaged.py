@@ -177,7 +177,7 @@ def test_a_damaged_row_is_named_by_show_resume_and_rollback(two_sessions, name):
         commands += [["resume", bad], ["rollback", bad, "--to", "0"]]
     for args in commands:
         line = one_line(run_cli(*args), f"damaged database row: {table} ", f"column {column}", "sqlite3")
-        assert (bad in line) or table == "trigger_events", line  # the row is named by its id (a step's by its session too)
+        assert bad in line or table == "trigger_events", line  # named by its id (a step's by its session too)
     assert _digest(db) == before  # nothing was written
     assert run_cli("show", good).returncode == 0  # the other session is untouched
     listed = run_cli("sessions", "--json")
@@ -253,7 +253,8 @@ def _atlas(tmp_path):
 
 
 @pytest.mark.parametrize("sql, table, column", [
-    ("UPDATE atlas_branches SET correct = 'yes' WHERE problem_id = 'p2' AND kind = 'step'", "atlas_branches", "correct"),
+    ("UPDATE atlas_branches SET correct = 'yes' WHERE problem_id = 'p2' AND kind = 'step'", "atlas_branches",
+     "correct"),
     ("UPDATE atlas_problems SET steps = NULL WHERE id = 'p1'", "atlas_problems", "steps"),
     ("UPDATE atlas_problems SET correct = 2 WHERE id = 'p2'", "atlas_problems", "correct"),
 ])
