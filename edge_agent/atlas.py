@@ -9,7 +9,6 @@ session was cut short is continued, never started again. The report reads only t
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,12 +17,14 @@ from typing import Any
 import store
 from triggers.scorers import logprob_score
 
-from .bench import fallback_answer, grade
+from .bench import fallback_answer, grade, require_grader
 from .errors import InputError
 from .report import session_report
 from .values import Signals
 
 ATLAS_DB = "bench.db"  # the bench's name: 'tune --atlas DIR' runs policies there, replaying both caches
+REBUILD = ("delete that row with sqlite3 and run 'edge-agent atlas build' on the same --out again "
+           "(it builds only what is missing)")
 FEATURES = ("index", "tokens", "logprob", "mean_entropy", "max_entropy", "first_entropy", "min_top1", "mean_top1",
             "first_top1", "low_top1_share")
 
@@ -97,6 +98,7 @@ def build_branch(agent: Any, db: Any, p: dict[str, str], kind: str, k: int, sett
 def build(make_agent: Callable[[str], Any], db: Any, problems: Sequence[dict[str, str]], settings: Any,
           plan: AtlasPlan, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Build (or finish) the atlas of ``problems``; ``make_agent(policy)`` gives an agent on ``db``."""
+    require_grader()
     for p in problems:
         trace = build_trace(make_agent("local-only"), db, p, settings)
         fixing = None
@@ -132,7 +134,7 @@ def step_features(db: Any, session_id: str) -> list[dict[str, float]]:
     for row in store.load_steps(db, session_id):
         if row["kind"] != "step":
             continue
-        sig = Signals.from_dict(json.loads(row["signals"] or "{}"))
+        sig = Signals.from_dict(store.step_row(row).signals)
         out.append({"index": float(row["idx"]), "tokens": float(row["tokens"] or 0), "logprob": logprob_score(sig),
                     **{f: float(getattr(sig, f)) for f in FEATURES[3:]}})
     return out
@@ -147,9 +149,30 @@ def _row(name: str, correct: Sequence[float], out_tokens: Sequence[float], base:
     return {"policy": name, "accuracy": acc, "cloud_out_per_problem": out, "share": share, "pgr": pgr}
 
 
+def _whole(row: dict[str, Any], table: str, key: str, column: str, flag: bool = False) -> None:
+    """A column the report counts with: a whole number >= 0 (``flag``: 0 or 1), else the row is named."""
+    value = row[column]
+    if type(value) is not int or value < 0 or (flag and value > 1):
+        shown = "empty (NULL)" if value is None else repr(value)[:40]
+        raise store.DamagedRow(table, key, column, f"is {shown}, not {'0 or 1' if flag else 'a whole number'}", REBUILD)
+
+
+def checked_rows(db: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``store.atlas_rows``, each value the report reads checked: a hand-edited or bit-rotted row is named."""
+    problems, branches = store.atlas_rows(db)
+    for p in problems:
+        for column in ("correct", "steps"):
+            _whole(p, "atlas_problems", f"id {p['id']!r}", column, flag=column == "correct")
+    for b in branches:
+        key = f"problem_id {b['problem_id']!r} kind {b['kind']!r} k {b['k']!r}"
+        for column in ("k", "correct", "cloud_out"):
+            _whole(b, "atlas_branches", key, column, flag=column == "correct")
+    return problems, branches
+
+
 def summarize(db: Any) -> dict[str, Any]:
     """Every reference row (local, cloud, oracle, always-k, random) and the AUROC of each free signal."""
-    problems, branches = store.atlas_rows(db)
+    problems, branches = checked_rows(db)
     if not problems:
         raise InputError("the atlas holds no finished problem yet: run 'edge-agent atlas build' first")
     by = {(b["problem_id"], b["kind"], b["k"]): b for b in branches}

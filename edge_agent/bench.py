@@ -48,6 +48,15 @@ def load_dataset(path: Path, limit: int | None = None) -> list[dict[str, str]]:
     return rows
 
 
+def require_grader() -> None:
+    """Grading needs math-verify: check before any problem is solved (and any cloud call paid for)."""
+    try:
+        import math_verify  # noqa: F401
+    except ImportError:
+        raise InputError("grading answers needs math-verify, which is not installed: "
+                         "pip install math-verify (or install edge-agent[bench])") from None
+
+
 def fallback_answer(steps: list[dict[str, Any]]) -> str | None:
     """When no step states a final answer, the last number of the last step (the same rule for every policy)."""
     for step in reversed(steps):
@@ -246,11 +255,20 @@ def write_reports(out: Path, results: list[dict], summaries: list[Summary], meta
         w.writeheader()
         for s in summaries:
             w.writerow(asdict(s))
-    import matplotlib
+    if not plot(paths["png"], summaries, meta):
+        del paths["png"]
+    return paths
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def plot(path: Path, summaries: list[Summary], meta: dict) -> bool:
+    """Accuracy against cloud output tokens, a curve per policy family (PNG); False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     families: dict[str, list[Summary]] = {}
     for s in summaries:  # variants of one policy (trim-thr(tau=...)) are drawn as one curve
@@ -269,6 +287,6 @@ def write_reports(out: Path, results: list[dict], summaries: list[Summary], meta
     ax.set_title(f"{meta.get('dataset', '')} · n={summaries[0].n} · {meta.get('model', '')}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(paths["png"], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return paths
+    return True

@@ -31,6 +31,7 @@ from .presets import (
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+COMMIT_RE = re.compile(r"[0-9a-fA-F]{40}")  # a git commit hash: what a hub's X-Repo-Commit must be
 REPO_PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 SPACE_MARGIN = 64 << 20  # bytes kept free beyond the file itself
 
@@ -112,8 +113,11 @@ def fetch_remote(request: PullRequest, endpoint: str | None) -> Remote:
     if not meta.commit_hash:
         raise ModelError(f"{url} did not name a commit (no X-Repo-Commit header): "
                          "HF_ENDPOINT must point to a Hugging Face Hub or a mirror of it")
+    if not COMMIT_RE.fullmatch(meta.commit_hash):  # it is recorded as the revision and used in the download URL
+        raise ModelError(f"{url} named the commit {meta.commit_hash[:60]!r}, not a 40-hex commit hash: nothing was "
+                         "installed; HF_ENDPOINT must point to a Hugging Face Hub or a mirror of it")
     etag = (meta.etag or "").lower()
-    return Remote(meta.commit_hash, meta.size, etag if SHA256_RE.fullmatch(etag) else None)
+    return Remote(meta.commit_hash.lower(), meta.size, etag if SHA256_RE.fullmatch(etag) else None)
 
 
 def expected_sha256(request: PullRequest, remote: Remote) -> tuple[str, str]:

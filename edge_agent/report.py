@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import store
@@ -73,7 +72,7 @@ def _event(e: dict[str, Any]) -> dict[str, Any]:
         "action": e["action"],
         "score": e["score"],
         "threshold": e["threshold"],
-        "detail": json.loads(e["detail"] or "{}"),
+        "detail": store.event_detail(e),
     }
 
 

@@ -141,6 +141,8 @@ def respond(request: Request, token: str | None, open_db: Callable[[], Any],
         return error_page(e.status, str(e), e.headers)
     except SessionError as e:
         return error_page(404, str(e))
+    except store.DamagedRow as e:  # this session's page only: the others, and the list, still show
+        return error_page(500, str(e))
     except StoreError as e:
         return error_page(503, str(e))
 
@@ -180,12 +182,19 @@ def index_page(db: Any, limit: int, carry: str) -> str:
             "<th class=\"num\">cloud steps</th><th class=\"num\">cost</th><th>policy</th><th>problem</th></tr>")
     rows = []
     for s in store.list_sessions(db, limit):
-        u = session_report(db, s["id"], verbose=False)["usage"]
-        problem = " ".join(s["problem"].split())
+        link = f"<a class=\"id\" href=\"/sessions/{quote(s['id'])}{esc(carry)}\">{esc(s['id'])}</a>"
+        problem = " ".join((s["problem"] or "").split())
         short = problem[:90] + ("…" if len(problem) > 90 else "")
+        try:
+            store.check_session(db, s["id"])
+            u = session_report(db, s["id"], verbose=False)["usage"]
+        except store.DamagedRow as e:  # marked, and the list goes on
+            rows.append(f"<tr class=\"session damaged\" data-session=\"{esc(s['id'])}\"><td>{link}</td>"
+                        f"<td>{esc((s['created_at'] or '')[:19])}</td><td class=\"status-error\">damaged</td>"
+                        f"<td colspan=\"5\" class=\"error\">{esc(e)}</td><td>{esc(short)}</td></tr>")
+            continue
         rows.append(
-            f"<tr class=\"session\" data-session=\"{esc(s['id'])}\">"
-            f"<td><a class=\"id\" href=\"/sessions/{quote(s['id'])}{esc(carry)}\">{esc(s['id'])}</a></td>"
+            f"<tr class=\"session\" data-session=\"{esc(s['id'])}\"><td>{link}</td>"
             f"<td>{esc(s['created_at'][:19])}</td><td class=\"status-{esc(s['status'])}\">{esc(s['status'])}</td>"
             f"<td>{esc(s['answer'] or '')}</td><td class=\"num local-steps\">{u['local_steps']}</td>"
             f"<td class=\"num cloud-steps\">{u['cloud_steps']}</td><td class=\"num cost\">${u['cost_usd']:.6f}</td>"
@@ -199,6 +208,7 @@ def index_page(db: Any, limit: int, carry: str) -> str:
 
 def session_page(db: Any, session_id: str, carry: str) -> str:
     sid = store.resolve_id(db, session_id)
+    store.check_session(db, sid)  # a damaged row makes this an error page that names it
     report = session_report(db, sid, verbose=False)
     rows = store.load_steps(db, sid, include_superseded=True)
     rollbacks = store.rollbacks(db, sid)

@@ -15,14 +15,15 @@ _HOMES = {
     "ledger": None, "shard": None,
     "open_db": "db",
     "new_id": "txn", "now": "txn", "write_txn": "txn", "session_lease": "lease",
-    "step_cache_get": "cache", "step_cache_put": "cache", "step_cache_stats": "cache",
+    "step_cache_get": "repo",  # store.cache's, with the entry's JSON checked where the other row checks are
+    "step_cache_put": "cache", "step_cache_stats": "cache",
     **{name: "atlas" for name in ("atlas_meta", "set_atlas_meta", "atlas_problem", "put_atlas_problem",
                                   "atlas_branch", "put_atlas_branch", "atlas_rows")},
     **{name: "repo" for name in ("FINISHED",
         "add_wall_time", "SessionState", "check_rollback", "cloud_calls", "commit_step",
         "ensure_resumable", "events", "list_sessions", "load_state", "load_steps", "new_session",
         "log_event", "record_event", "resolve_id", "rollback_to", "rollbacks", "set_status", "update_settings",
-        "StepRow", "StepLike", "EventLike")},
+        "StepRow", "StepLike", "EventLike", "DamagedRow", "check_session", "event_detail", "step_row")},
 }
 
 __all__ = ["SessionError", "StoreError", *_HOMES]

@@ -3,16 +3,91 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlite_utils import Database
 
-from .errors import SessionError
+from .errors import SessionError, StoreError
 from .lease import check_writer, session_lease
 from .txn import new_id, now, write_txn
 
 FINISHED = ("done", "ended", "max_steps", "context_full")
+REPAIR = "restore the database from a backup, or fix or delete that row with sqlite3 (other sessions are unaffected)"
+NUMBER = (int, float)  # bool is an int: a signal such as has_answer is one
+
+
+class DamagedRow(StoreError):
+    """A row is not what edge-agent wrote (edited by hand, bit-rotted): the message names it and what to do."""
+
+    def __init__(self, table: str, key: str, column: str, what: str, fix: str = REPAIR) -> None:
+        super().__init__(f"damaged database row: {table} {key}, column {column} {what}: {fix}")
+        self.table, self.key, self.column = table, key, column
+
+
+def json_column(table: str, key: str, column: str, raw: Any, shape: type, default: Any, fix: str = REPAIR) -> Any:
+    """A JSON column's value, of ``shape`` (list or dict); empty gives ``default``; anything else is a DamagedRow."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):  # a number or garbage where JSON was written; UnicodeDecodeError included
+        raise DamagedRow(table, key, column, f"is not JSON ({repr(raw)[:40]})", fix) from None
+    if not isinstance(value, shape):
+        raise DamagedRow(table, key, column, f"is not a JSON {'list' if shape is list else 'object'}", fix)
+    return value
+
+
+def token_ids(table: str, key: str, raw: Any, fix: str = REPAIR) -> tuple[int, ...]:
+    """A stored ``token_ids`` column: a JSON list of whole numbers."""
+    ids = json_column(table, key, "token_ids", raw, list, [], fix)
+    if not all(type(t) is int for t in ids):
+        raise DamagedRow(table, key, "token_ids", "holds something other than token ids (whole numbers)", fix)
+    return tuple(ids)
+
+
+def signals(table: str, key: str, raw: Any, fix: str = REPAIR) -> dict[str, Any]:
+    """A stored ``signals`` column: a JSON object of numbers (and flags)."""
+    value = json_column(table, key, "signals", raw, dict, {}, fix)
+    bad = sorted(k for k, v in value.items() if not isinstance(v, NUMBER))
+    if bad:
+        raise DamagedRow(table, key, "signals", f"holds a non-number {bad[0][:40]!r}", fix)
+    return value
+
+
+def event_detail(row: dict[str, Any]) -> dict[str, Any]:
+    """A trigger event's ``detail`` (a JSON object)."""
+    return json_column("trigger_events", f"id {row['id']!r}", "detail", row["detail"], dict, {})
+
+
+def step_cache_get(db: Database, key: str) -> dict[str, Any] | None:
+    """``store.cache``'s entry for ``key``, its tokens and signals checked first: a damaged entry is named,
+    with the statement that drops it (it is only a cache: the step is computed again)."""
+    from .cache import step_cache_get as get
+
+    hit = get(db, key)
+    if hit is not None:
+        path = db.execute("PRAGMA database_list").fetchone()[2] or "DB"
+        delete = f"DELETE FROM step_cache WHERE key = '{key}'"
+        fix = f"delete it, it is only a cache: sqlite3 {shlex.quote(path)} \"{delete}\""
+        where = f"key {key[:16]}…"
+        for column in ("token_ids", "signals"):
+            if hit[column] is None:
+                raise DamagedRow("step_cache", where, column, "is empty", fix)
+        token_ids("step_cache", where, hit["token_ids"], fix)
+        signals("step_cache", where, hit["signals"], fix)
+    return hit
+
+
+def check_session(db: Database, session_id: str) -> None:
+    """Raise DamagedRow for the first row of the session that cannot be read: its settings, every step
+    (superseded ones too) and every event. A page or ``show`` calls it before rendering anything."""
+    load_state(db, session_id)
+    for row in load_steps(db, session_id, include_superseded=True):
+        step_row(row)
+    for row in events(db, session_id):
+        event_detail(row)
 
 
 
@@ -204,7 +279,7 @@ def set_status(db: Database, session_id: str, status: str, answer: str | None = 
 def update_settings(db: Database, session_id: str, changes: dict[str, Any]) -> dict[str, Any]:
     with write_txn(db):
         row = db.execute("SELECT settings FROM sessions WHERE id = ?", [session_id]).fetchone()
-        settings = {**json.loads(row[0] or "{}"), **changes}
+        settings = {**session_settings(session_id, row[0]), **changes}
         db["sessions"].update(session_id, {"settings": json.dumps(settings, sort_keys=True), "updated_at": now()})
     return settings
 
@@ -232,15 +307,21 @@ def resolve_id(db: Database, prefix: str) -> str:
     return rows[0]
 
 
-def _step_from_row(row: dict[str, Any]) -> StepRow:
+def session_settings(session_id: str, raw: Any) -> dict[str, Any]:
+    return json_column("sessions", f"id {session_id!r}", "settings", raw, dict, {})
+
+
+def step_row(row: dict[str, Any]) -> StepRow:
+    """A stored step as a ``StepRow``; DamagedRow if its tokens or signals are not what was written."""
+    key = f"id {row['id']!r} (session {row['session_id']})"
     return StepRow(
         index=row["idx"],
         author=row["author"],
         kind=row["kind"],
         text=row["text"],
         raw=row["raw"],
-        token_ids=tuple(json.loads(row["token_ids"] or "[]")),
-        signals=json.loads(row["signals"] or "{}"),
+        token_ids=token_ids("steps", key, row["token_ids"]),
+        signals=signals("steps", key, row["signals"]),
         trigger=row["trigger"],
         finish=row["finish"] or "separator",
         seconds=row["seconds"] or 0.0,
@@ -268,7 +349,8 @@ def load_state(db: Database, session_id: str) -> SessionState:
     if not found:
         raise SessionError(f"no session {session_id!r} in this database: see 'edge-agent sessions' for ids")
     s = found[0]
-    steps = [_step_from_row(r) for r in load_steps(db, session_id)]
+    settings = session_settings(s["id"], s["settings"])
+    steps = [step_row(r) for r in load_steps(db, session_id)]
     return SessionState(
         id=s["id"],
         problem=s["problem"],
@@ -277,7 +359,7 @@ def load_state(db: Database, session_id: str) -> SessionState:
         policy=s["policy"],
         status=s["status"],
         answer=s["answer"],
-        settings=json.loads(s["settings"] or "{}"),
+        settings=settings,
         created_at=s["created_at"],
         steps=steps,
         cloud_provider=s["cloud_provider"],

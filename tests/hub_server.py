@@ -27,6 +27,7 @@ class HubFile:
     short: int | None = None  # serve only this many bytes, with a matching Content-Length (a short body)
     cut: int | None = None  # send this many bytes of a full-length response, then drop the connection
     slow_s: float = 0.0  # pause between 1 KiB chunks
+    commit: str = COMMIT  # what X-Repo-Commit says (a real hub sends a 40-hex commit hash)
 
     @property
     def sha256(self) -> str:
@@ -89,7 +90,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         if f is None:
             known = any(k.startswith(repo + "/") for k in hub.files)
             return self._error(404, "EntryNotFound" if known else "RepoNotFound")
-        headers = {"X-Repo-Commit": COMMIT}
+        headers = {"X-Repo-Commit": f.commit}
         if f.lfs:
             headers.update({"X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(len(f.body)),
                             "ETag": '"0000000000000000000000000000000000000000"',

@@ -7,6 +7,21 @@ import re
 
 from .errors import PolicyError
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a policy's name
+KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # a parameter's name
+MAX_WORD = 1024  # a word parameter (a model path) longer than this is refused
+SHOWN = 60  # characters of a bad value echoed back in an error
+
+
+def brief(text: object) -> str:
+    """``text`` for an error message: its repr, cut to a short prefix (a 100 kB --policy is not echoed back)."""
+    shown = repr(text)
+    if len(shown) <= SHOWN + 2:
+        return shown
+    text = text if isinstance(text, str) else shown
+    return f"{text[:SHOWN]!r}… ({len(text):,} characters)"
+
+
 def split_specs(text: str) -> list[str]:
     """Split ``a,b(x=1,y=2),c`` at top-level commas."""
     out, depth, cur = [], 0, ""
@@ -25,19 +40,25 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """``trim-thr(tau=0.6)`` -> ("trim-thr", {"tau": "0.6"}). A parameter given twice is refused."""
     spec = spec.strip()
     name, _, rest = spec.partition("(")
+    name = name.strip()
+    if not NAME.fullmatch(name):
+        raise PolicyError(f"{brief(name)} is not a policy name: see 'edge-agent policies' for the names")
     params: dict[str, str] = {}
     if rest:
         if not rest.endswith(")"):
-            raise PolicyError(f"policy {spec!r}: write parameters as NAME(key=value,...)")
+            raise PolicyError(f"policy {brief(spec)}: write parameters as NAME(key=value,...)")
         for item in filter(None, (x.strip() for x in rest[:-1].split(","))):
             key, eq, value = item.partition("=")
             key = key.strip()
             if not eq or not key:
-                raise PolicyError(f"policy {spec!r}: parameter {item!r} must be key=value")
+                raise PolicyError(f"policy {name}: parameter {brief(item)} must be key=value")
+            if not KEY.fullmatch(key):
+                raise PolicyError(f"policy {name}: {brief(key)} is not a parameter name: "
+                                  f"see 'edge-agent policies' for {name}'s parameters")
             if key in params:
-                raise PolicyError(f"policy {spec!r}: parameter {key} is given twice: give it once")
+                raise PolicyError(f"policy {name}: parameter {key} is given twice: give it once")
             params[key] = value.strip()
-    return name.strip(), params
+    return name, params
 
 
 INT = re.compile(r"[+-]?\d{1,18}")
@@ -49,7 +70,7 @@ def convert(policy: str, key: str, value: object, kinds: str) -> object:
     text = value.strip() if isinstance(value, str) else value
 
     def fail(what: str) -> PolicyError:
-        return PolicyError(f"policy {policy}: parameter {key} takes {what} (got {value!r})")
+        return PolicyError(f"policy {policy}: parameter {key} takes {what} (got {brief(value)})")
 
     if text is None or (isinstance(text, str) and text.lower() == "none"):
         if "None" in kinds:
@@ -79,6 +100,8 @@ def convert(policy: str, key: str, value: object, kinds: str) -> object:
         return number
     if not isinstance(text, str):
         raise fail("a word")
+    if len(text) > MAX_WORD:
+        raise fail(f"a word of at most {MAX_WORD} characters")
     return text
 
 

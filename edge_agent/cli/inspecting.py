@@ -62,6 +62,7 @@ def show(session_id: str, verbose: bool, show_all: bool, list_events: bool, open
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/sessions/{sid}"
         click.echo(json.dumps({"session_id": sid, "url": url}) if as_json else url)
         return
+    store.check_session(db, sid)  # a damaged row is named before anything is printed
     report = session_report(db, sid, verbose=True)
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False))

@@ -17,7 +17,7 @@ from triggers.learned import fit, save_model
 from triggers.policies import typed_params
 from triggers.scorers import MODEL_SCORERS
 
-from ..bench import Bench, Summary, load_dataset, pareto_front, quantile, summarize, write_reports
+from ..bench import Bench, Summary, load_dataset, pareto_front, quantile, require_grader, summarize, write_reports
 from ..config import Config, load_config, save_policy_params
 from ..errors import InputError
 from ..factory import Agents, CloudOptions, RunOptions, build_caps, build_cloud, policy_label, require_cloud
@@ -74,7 +74,7 @@ def bench(dataset: str, policies: str, limit: int | None, run: RunOptions, out_d
                                "files": {k: str(v) for k, v in paths.items()}}))
         return
     print_summaries(summaries, meta)
-    console().print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
+    console().print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def run_bench(cfg: Config, sweep: Sweep, names: list[str], run: RunOptions, cloud: CloudOptions,
@@ -83,6 +83,7 @@ def run_bench(cfg: Config, sweep: Sweep, names: list[str], run: RunOptions, clou
 
     ``ray`` (RayOptions): the problems are sharded over Ray workers (``edge_agent.scale``)."""
     problems = load_dataset(Path(sweep.dataset), sweep.limit)
+    require_grader()  # before any problem is solved: a missing grader would stop the run after paying for it
     settings = run.settings()
     agents = Agents.build(cfg, run, cloud, progress=join_progress())
     require_cloud(names, agents.cloud, sweep=True)
@@ -106,6 +107,9 @@ def run_bench(cfg: Config, sweep: Sweep, names: list[str], run: RunOptions, clou
             "cloud": f"{agents.cloud.provider}:{agents.cloud.model}" if agents.cloud else None, "policies": names,
             "max_steps": run.max_steps, "max_step_tokens": run.max_step_tokens, "cache_responses": cloud.cache}
     paths = write_reports(out, results, summaries, meta)
+    if "png" not in paths:  # the table and files are written all the same
+        click.echo("note: no plot: matplotlib is not installed (pip install matplotlib, or edge-agent[bench])",
+                   err=True)
     return summaries, paths, json.loads(paths["json"].read_text())["meta"]
 
 
