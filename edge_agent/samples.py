@@ -197,4 +197,7 @@ def samples_block(db: Any, state: Any) -> dict[str, Any]:
         parent = store.sample_links(db, state.id)["parent_id"]
         return {"sample_of": {"session_id": parent, "index": state.settings["sample"]}}
     s = read_samples(db, state.id) if state.settings.get("samples") else None
-    return {} if s is None else {"answer": s.winner, "samples": {**s.to_dict(), "greedy_answer": state.answer}}
+    if s is None:
+        return {}
+    return {"answer": s.winner,
+            "samples": {**s.to_dict(), "greedy_answer": state.answer, "total": store.sample_totals(db, state.id)}}

@@ -115,7 +115,7 @@ def new_session(
                 "settings": json.dumps(settings, sort_keys=True),
                 "cloud_provider": cloud_provider,
                 "cloud_model": cloud_model,
-                "parent_id": parent_id,
+                **({"parent_id": parent_id} if parent_id is not None else {}),  # m007's column, for a sample only
             }
         )
     return sid

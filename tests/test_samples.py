@@ -60,6 +60,8 @@ def test_samples_vote_with_a_tie_goes_to_the_greedy_answer(tmp_path):
     assert s["answers"] == ["3", "4", "4.0", "3.0"] and s["votes"] == 2 and s["complete"]
     assert report["answer"] == s["winner"] == "3" and s["greedy_answer"] == "3"  # 2 vs 2: the greedy wins
     assert s["agreement"] == 0.5
+    every = sqlite3.connect(db).execute("SELECT SUM(tokens) FROM steps").fetchone()[0]
+    assert s["total"]["local_tokens"] == every > sum(x["tokens"] for x in report["steps"])  # all 4 sessions
     assert [x["seed"] for x in s["sessions"]] == [0, 1, 2, 3]  # distinct seeds
     assert [x["temperature"] for x in s["sessions"]] == [0.0, 0.7, 0.7, 0.7]
     rows = _sessions(db)
@@ -196,3 +198,21 @@ def test_read_samples_is_what_a_policy_reads(tmp_path, db):
     assert not s.complete and s.samples[2].session_id is None
     plain = store.new_session(db, problem="p", model="m", model_path="m", policy="local-only", settings={})
     assert read_samples(db, plain) is None
+
+
+def test_a_database_from_before_samples_is_upgraded(tmp_path):
+    """m007 adds the sample columns to an existing database; its sessions read as plain ones."""
+    from sqlite_utils import Database
+
+    import store
+    from store.db import migrations
+
+    path = tmp_path / "old.db"
+    old = Database(path)
+    migrations.apply(old, stop_before="m007_samples")
+    sid = store.new_session(old, problem="p", model="m", model_path="m", policy="local-only", settings={})
+    old.close()
+    db = store.open_db(path)
+    assert {"parent_id", "vote_answer", "agreement"} <= set(db["sessions"].columns_dict)
+    assert read_samples(db, sid) is None and store.sample_links(db, sid)["parent_id"] is None
+    db.close()

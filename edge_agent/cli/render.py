@@ -90,8 +90,10 @@ def vote_line(s: dict[str, Any]) -> str:
     """``vote: 3 · 3/5 agree (0.60) · answers 3, 3, 4, –, 3`` (– is no answer; a sample not run yet is ·)."""
     shown = ", ".join("–" if a is None else a for a in s["answers"])
     left = "" if s["complete"] else " · unfinished: continue with 'edge-agent resume'"
+    t = s.get("total") or {}
+    spent = f" · all {s['n']}: {t['local_tokens']} local tokens, {t['wall_s']:.1f}s" if t else ""
     return (f"vote: {s['winner'] if s['winner'] is not None else 'none'} · {s['votes']}/{s['n']} agree "
-            f"({s['agreement']:.2f}) · answers {shown}{left}")
+            f"({s['agreement']:.2f}) · answers {shown}{spent}{left}")
 
 
 def join_progress() -> Callable[[int, int], None]:
