@@ -216,3 +216,15 @@ def test_a_database_from_before_samples_is_upgraded(tmp_path):
     assert {"parent_id", "vote_answer", "agreement"} <= set(db["sessions"].columns_dict)
     assert read_samples(db, sid) is None and store.sample_links(db, sid)["parent_id"] is None
     db.close()
+
+
+def test_real_model_samples_share_the_prompt_kv(tmp_path):
+    """On llama.cpp (the embedded SmolLM2): a sample's first step evaluates its own tokens, not the prompt again."""
+    report = _json(run_cli("solve", ROBE, "--json", "--samples", "2", "--max-steps", "1", "--max-step-tokens", "16"))
+    s = report["samples"]
+    assert all(x["status"] in {"done", "max_steps", "ended"} for x in s["sessions"]) and s["sessions"][1]["seed"] == 1
+    conn = sqlite3.connect(tmp_path / "edge.db")
+    (gt, ge), (st, se) = [conn.execute("SELECT tokens, evaluated FROM steps WHERE session_id = ? AND idx = 0",
+                                       [x["session_id"]]).fetchone() for x in s["sessions"]]
+    assert ge > gt + 20  # the greedy run evaluated the prompt
+    assert se <= st + 1  # the sample kept it (the last prompt token is re-run for fresh logits)
