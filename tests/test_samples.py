@@ -31,7 +31,8 @@ def _json(proc):
 def _sessions(db):
     conn = sqlite3.connect(db)
     try:
-        return conn.execute("SELECT id, parent_id, status, answer, agreement, vote_answer FROM sessions ORDER BY id").fetchall()
+        return conn.execute("SELECT id, parent_id, status, answer, agreement, vote_answer FROM sessions"
+                            " ORDER BY id").fetchall()
     finally:
         conn.close()
 

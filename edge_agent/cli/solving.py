@@ -99,7 +99,8 @@ def solve(problem: str, run: RunOptions, verbose: bool, step_cache: bool, sample
     agents = Agents.build(cfg, run, cloud, progress=join_progress())
     resolve_model(run.model)  # a bad --model fails before the database is touched
     agent = agents.agent(label, open_db(db_path))
-    run_session(agent, None, text, settings, as_json, verbose, extra={**session_meta(cloud, agents.cloud), **spec.extra()})
+    extra = {**session_meta(cloud, agents.cloud), **spec.extra()}
+    run_session(agent, None, text, settings, as_json, verbose, extra=extra)
 
 
 @click.command()
