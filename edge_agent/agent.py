@@ -115,11 +115,13 @@ class Agent(CloudActions):
         # how cloud steps are asked for; a session keeps the mode it started with (resume uses it)
         self.continuation = resolve_continuation(continuation, self.cloud)
 
-    def start(self, problem: str, settings: Settings, extra: dict[str, Any] | None = None) -> str:
+    def start(self, problem: str, settings: Settings, extra: dict[str, Any] | None = None, *,
+              parent_id: str | None = None) -> str:
         """Validate, check the context, and create the session. Nothing is written if this fails.
 
         ``extra`` settings (cost cap, cloud URL, prices, conversation) are written in the same insert
         as the session: a crash can never leave a session that ``resume`` would run without them.
+        ``parent_id``: the session is a self-consistency sample for that one (``edge_agent.samples``).
         """
         problem = check_problem(problem, settings.n_ctx)
         self.model.prompt_tokens(messages(problem), reserve=min(settings.max_step_tokens, settings.n_ctx // 4))
@@ -132,6 +134,7 @@ class Agent(CloudActions):
             settings={**asdict(settings), "offline": self.offline, "continuation": self.continuation, **(extra or {})},
             cloud_provider=self.cloud.provider if self.cloud else None,
             cloud_model=self.cloud.model if self.cloud else None,
+            parent_id=parent_id,
         )
 
     def solve(self, problem: str, settings: Settings, callbacks: Callbacks | None = None,

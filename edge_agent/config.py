@@ -18,6 +18,10 @@
     [local]
     repack = "auto"                # llama.cpp's CPU weight repack: auto (probed once per CPU) | on | off
 
+    [solve]
+    samples = 5                    # self-consistency: N solutions, the majority answer wins (default 1)
+    sample_temperature = 0.7       # temperature of samples 2..N (the first is greedy)
+
     [keys]                         # environment variables win over these
     openai = "sk-..."
     anthropic = "sk-ant-..."
@@ -47,7 +51,9 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "budget": {"max_cost_session": (int, float), "max_cost_day": (int, float), "max_cost_month": (int, float)},
     "keys": {"openai": str, "anthropic": str},
     "local": {"repack": str},
+    "solve": {"samples": int, "sample_temperature": (int, float)},
 }
+MAX_SAMPLES = 64  # solve --samples: each sample is a full solve on the local model
 PRICE_KEYS = {"input": (int, float), "output": (int, float), "cached_input": (int, float), "cache_write": (int, float)}
 
 _SECONDS_POS = ("> 0 and finite, in seconds", lambda v: math.isfinite(v) and v > 0)
@@ -63,6 +69,8 @@ RULES: dict[tuple[str, str], tuple[str, Any]] = {
     ("cloud", "continuation"): ("auto, on or off", lambda v: v in ("auto", "on", "off")),
     ("cloud", "read"): ("auto, echo, judge or off", lambda v: v in ("auto", "echo", "judge", "off")),
     ("local", "repack"): ("auto, on or off", lambda v: v in ("auto", "on", "off")),
+    ("solve", "samples"): (f"an integer from 1 to {MAX_SAMPLES}", lambda v: 1 <= v <= MAX_SAMPLES),
+    ("solve", "sample_temperature"): ("a number > 0 and <= 5", lambda v: math.isfinite(v) and 0 < v <= 5),
     **{("budget", k): _USD for k in SCHEMA["budget"]},
 }
 _TYPE_NAMES = {str: "a string", int: "an integer"}
@@ -89,6 +97,7 @@ class Config:
     budget: dict[str, float] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     local: dict[str, str] = field(default_factory=dict)  # llama.cpp: repack = auto | on | off (edge_agent.runtime)
+    solve: dict[str, Any] = field(default_factory=dict)  # samples, sample_temperature (edge_agent.samples)
     prices: dict[str, Any] = field(default_factory=dict)  # model -> cloud.pricing.Price
     policy: dict[str, dict[str, Any]] = field(default_factory=dict)  # policy name -> parameters
     path: Path | None = None

@@ -187,10 +187,14 @@ def open_db(db_path: str | None, *, create: bool = True) -> Any:
     return store.open_db(db_path or default_db_path(), create=create)
 
 
-def agent_for_session(db: Any, session_id: str, offline: bool = False, progress: Progress | None = None) -> Agent:
-    """The agent that continues a stored session: its model, policy, settings, cloud, prices and cap."""
+def agent_for_session(db: Any, session_id: str, offline: bool = False, progress: Progress | None = None, *,
+                      finished_ok: bool = False) -> Agent:
+    """The agent that continues a stored session: its model, policy, settings, cloud, prices and cap.
+
+    ``finished_ok``: the session itself may be finished (a parent whose samples are not all done)."""
     state = store.load_state(db, session_id)
-    store.ensure_resumable(state)
+    if not finished_ok:
+        store.ensure_resumable(state)
     settings = Settings.from_dict(state.settings)
     cfg = load_config()
     opts = stored_cloud(state, offline)

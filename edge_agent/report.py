@@ -6,6 +6,7 @@ from typing import Any
 
 import store
 
+from .samples import samples_block  # a parent's vote replaces its own answer; a sample names its parent
 from .state import load_state
 from .values import Step, Usage
 
@@ -48,6 +49,7 @@ def session_report(db: Any, session_id: str, *, verbose: bool = True) -> dict[st
         "events": [_event(e) for e in evs],
         "usage": _usage(state, calls, store.step_cache_stats(db, [session_id])),
         "cloud": {"provider": state.cloud_provider, "model": state.cloud_model, "available": available},
+        **samples_block(db, state),
     }
 
 

@@ -6,7 +6,8 @@ early end of turn, a slow step, an answer at a given step -- on any llama.cpp bu
 decides what text comes out; tests that need a particular text use this.
 
 The file is JSON: either a list of steps, or ``{"steps": [...], "when": [{"match": "substring of
-the problem", "steps": [...]}], "then": "eos" | "repeat"}``. A step is a string or an object
+the problem", "seed": 2, "steps": [...]}], "then": "eos" | "repeat"}`` (a case with a ``seed``
+holds only for a session with that seed: samples of one problem can write different steps). A step is a string or an object
 ``{"text": ..., "signals": {...}, "eos": true, "delay_s": 0.5, "p_yes": 0.9}``. Step ``k`` of the
 script is written when the context already holds ``k`` steps after the prompt, so a rollback, a
 resume or a cloud step lands on the right line of the script. After the last step the model closes
@@ -164,6 +165,6 @@ class ScriptedModel:
 
     def _steps(self, problem: str) -> list[Any]:
         for case in self.script.get("when", []):
-            if case.get("match", "") in problem:
+            if case.get("match", "") in problem and case.get("seed", self.seed) == self.seed:
                 return list(case.get("steps", []))
         return list(self.script.get("steps", []))

@@ -15,6 +15,7 @@ _HOMES = {
     "ledger": None, "shard": None,
     "open_db": "db",
     "new_id": "txn", "now": "txn", "write_txn": "txn", "session_lease": "lease",
+    "sample_sessions": "samples", "set_vote": "samples", "sample_links": "samples", "sample_totals": "samples",
     "step_cache_get": "repo",  # store.cache's, with the entry's JSON checked where the other row checks are
     "step_cache_put": "cache", "step_cache_stats": "cache",
     **{name: "atlas" for name in ("atlas_meta", "set_atlas_meta", "atlas_problem", "put_atlas_problem",

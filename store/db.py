@@ -236,6 +236,16 @@ def m006_atlas(db: Database) -> None:
     )
 
 
+@migrations()
+def m007_samples(db: Database) -> None:
+    """Self-consistency: a sample session names the session it samples for (``parent_id``, the greedy
+    one); that parent keeps the vote's winning answer and its agreement share (votes for it / N)."""
+    db["sessions"].add_column("parent_id", str)
+    db["sessions"].add_column("vote_answer", str)
+    db["sessions"].add_column("agreement", float)
+    db["sessions"].create_index(["parent_id"])
+
+
 KNOWN_MIGRATIONS = {m.name for m in migrations._migrations}
 # the tables each migration creates: with the migration recorded, a missing one is a damaged schema
 TABLES = {
@@ -245,6 +255,7 @@ TABLES = {
     "m004_session_leases": ("session_leases",),
     "m005_continuation_and_step_cache": ("step_cache",),
     "m006_atlas": ("atlas_meta", "atlas_problems", "atlas_branches"),
+    "m007_samples": (),
 }
 INDEXES = {"m004_session_leases": ("steps_active_idx",)}  # the one-writer rule: without it, refuse
 

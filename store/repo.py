@@ -171,6 +171,7 @@ def new_session(
     settings: dict[str, Any],
     cloud_provider: str | None = None,
     cloud_model: str | None = None,
+    parent_id: str | None = None,  # a self-consistency sample: the session it samples for
 ) -> str:
     sid = new_id()
     ts = now()
@@ -189,6 +190,7 @@ def new_session(
                 "settings": json.dumps(settings, sort_keys=True),
                 "cloud_provider": cloud_provider,
                 "cloud_model": cloud_model,
+                **({"parent_id": parent_id} if parent_id is not None else {}),  # m007's column, for a sample only
             }
         )
     return sid

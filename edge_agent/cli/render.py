@@ -57,6 +57,10 @@ class Renderer:
                 f"H mean {s.mean_entropy:.2f} max {s.max_entropy:.2f} · p1 min {s.min_top1:.2f}[/dim]"
             )
 
+    def sample_start(self, index: int, n: int, session_id: str) -> None:
+        kind = "greedy" if index == 0 else "sampled"
+        self.console.print(f"[bold]══ solution {index + 1}/{n} · {kind} · session {session_id}[/bold]")
+
     def trigger(self, event, action: str) -> None:
         """A badge when a trigger fires, with its numbers."""
         self.console.file.write("\n")
@@ -72,12 +76,24 @@ class Renderer:
             self.console.print(f"[bold green]Answer: {answer}[/bold green]")
         else:
             self.console.print(f"[bold yellow]No final answer ({status}).[/bold yellow]")
+        if report.get("samples"):
+            self.console.print(vote_line(report["samples"]), markup=False)
         rate = u["local_tokens"] / u["local_s"] if u["local_s"] else 0.0
         self.console.print(
             f"[dim]{u['local_steps']} local / {u['cloud_steps']} cloud steps · {u['local_tokens']} local tokens "
             f"({rate:.0f} tok/s) · cloud {u['cloud_input_tokens']} in / {u['cloud_output_tokens']} out · "
             f"${u['cost_usd']:.4f} · {u['wall_s']:.1f}s · status {status} · session {report['session_id']}[/dim]"
         )
+
+
+def vote_line(s: dict[str, Any]) -> str:
+    """``vote: 3 · 3/5 agree (0.60) · answers 3, 3, 4, –, 3`` (– is no answer; a sample not run yet is ·)."""
+    shown = ", ".join("–" if a is None else a for a in s["answers"])
+    left = "" if s["complete"] else " · unfinished: continue with 'edge-agent resume'"
+    t = s.get("total") or {}
+    spent = f" · all {s['n']}: {t['local_tokens']} local tokens, {t['wall_s']:.1f}s" if t else ""
+    return (f"vote: {s['winner'] if s['winner'] is not None else 'none'} · {s['votes']}/{s['n']} agree "
+            f"({s['agreement']:.2f}) · answers {shown}{spent}{left}")
 
 
 def join_progress() -> Callable[[int, int], None]:
@@ -126,6 +142,8 @@ def print_trace(report: dict[str, Any], rows: list[dict[str, Any]], verbose: boo
     out.print(f"[bold]session {report['session_id']}[/bold] · {report['model']} · policy {report['policy']} · "
               f"{report['status']}")
     out.print("problem: " + report["problem"], markup=False)
+    if report.get("sample_of"):
+        out.print(f"sample {report['sample_of']['index'] + 1} of session {report['sample_of']['session_id']}")
     events: dict[int, list[dict[str, Any]]] = {}
     for e in report["events"]:
         events.setdefault(e["step"], []).append(e)
@@ -133,7 +151,17 @@ def print_trace(report: dict[str, Any], rows: list[dict[str, Any]], verbose: boo
         _print_step(out, r, events.get(r["idx"], []), verbose)
     if list_events:
         out.print(_events_table(report["events"]))
+    if report.get("samples"):
+        out.print(_samples_table(report["samples"]))
     Renderer(verbose).summary(report)
+
+
+def _samples_table(s: dict[str, Any]) -> Table:
+    table = Table("#", "session", "temperature", "seed", "status", "answer", title="solutions (self-consistency)")
+    for row in s["sessions"]:
+        table.add_row(str(row["index"] + 1), row["session_id"] or "not started", f"{row['temperature']:g}",
+                      str(row["seed"]), row["status"] or "–", escape(row["answer"] or "–"))
+    return table
 
 
 def _print_step(out: Console, r: dict[str, Any], events: list[dict[str, Any]], verbose: bool) -> None:

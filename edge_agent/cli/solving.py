@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +19,7 @@ from ..errors import InputError
 from ..factory import Agents, CloudOptions, RunOptions, agent_for_session, open_db, policy_label, session_meta
 from ..presets import resolve_model
 from ..report import session_report
+from ..samples import SampleSpec, ensure_resumable, is_parent, run_samples
 from .options import cloud_options, db_option, json_option, run_options, verbose_option
 from .render import Renderer, join_progress
 
@@ -44,7 +46,10 @@ def run_session(agent: Agent, session_id: str | None, problem: str | None, setti
     if session_id is None:
         session_id = agent.start(problem, settings, extra)  # the session and all its settings in one insert
     try:
-        agent.run(session_id, cb)
+        if is_parent(agent.db, session_id):  # solve --samples N: N sessions, then the vote
+            run_samples(agent, session_id, _announce(renderer, cb))
+        else:
+            agent.run(session_id, cb)
     except KeyboardInterrupt:
         click.echo(
             f"\ninterrupted: committed steps are kept; continue with 'edge-agent resume {session_id}'", err=True
@@ -57,27 +62,45 @@ def run_session(agent: Agent, session_id: str | None, problem: str | None, setti
         renderer.summary(report)
 
 
+def _announce(renderer: Renderer | None, cb: Callbacks) -> Callable[[int, int, str], Callbacks]:
+    """The callbacks of each sample's run, after a header naming it (text output only)."""
+
+    def start(index: int, n: int, session_id: str) -> Callbacks:
+        if renderer:
+            renderer.sample_start(index, n, session_id)
+        return cb
+
+    return start
+
+
 @click.command()
 @click.argument("problem")
 @run_options("solve")
 @verbose_option
 @click.option("--step-cache", is_flag=True,
               help="Replay greedy local steps this database already computed (same model, context and cap).")
+@click.option("--samples", type=int, metavar="N",
+              help="Self-consistency: N solutions (the first greedy, the rest sampled), the majority answer wins "
+                   "(default 1, or [solve] samples).")
+@click.option("--sample-temperature", type=float, metavar="T",
+              help="Temperature of solutions 2..N, each with its own seed (default 0.7).")
 @cloud_options
 @db_option
 @json_option
-def solve(problem: str, run: RunOptions, verbose: bool, step_cache: bool, cloud: CloudOptions, db_path: str | None,
-          as_json: bool) -> None:
+def solve(problem: str, run: RunOptions, verbose: bool, step_cache: bool, samples: int | None,
+          sample_temperature: float | None, cloud: CloudOptions, db_path: str | None, as_json: bool) -> None:
     """Solve PROBLEM step by step ('-' reads it from stdin)."""
     run = replace(run, step_cache=step_cache)
     settings = run.settings()
     text = check_problem(read_problem(problem), run.n_ctx)
     cfg = load_config()
+    spec = SampleSpec.resolve(samples, sample_temperature, cfg)
     label = policy_label(cfg, run.policy)
     agents = Agents.build(cfg, run, cloud, progress=join_progress())
     resolve_model(run.model)  # a bad --model fails before the database is touched
     agent = agents.agent(label, open_db(db_path))
-    run_session(agent, None, text, settings, as_json, verbose, extra=session_meta(cloud, agents.cloud))
+    extra = {**session_meta(cloud, agents.cloud), **spec.extra()}
+    run_session(agent, None, text, settings, as_json, verbose, extra=extra)
 
 
 @click.command()
@@ -90,9 +113,13 @@ def resume(session_id: str, verbose: bool, offline: bool, db_path: str | None, a
     """Continue an unfinished session from its last committed step."""
     db = open_db(db_path, create=False)
     sid = store.resolve_id(db, session_id)
-    store.ensure_resumable(store.load_state(db, sid))  # a refusal writes nothing, not even a lease
+    parent = is_parent(db, sid)  # a finished parent still resumes while samples are left
+    if parent:  # a refusal writes nothing, not even a lease
+        ensure_resumable(db, sid)
+    else:
+        store.ensure_resumable(store.load_state(db, sid))
     with store.session_lease(db, sid):  # refused at once, before a model loads, if another process holds it
-        agent = agent_for_session(db, sid, offline, progress=join_progress())
+        agent = agent_for_session(db, sid, offline, progress=join_progress(), finished_ok=parent)
         run_session(agent, sid, None, None, as_json, verbose)
 
 
