@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's bench tables: the bench pair on the first 100 GSM8K and 50 MATH-500 dev
+# Reproduces the bench tables in docs/bench.md: the bench pair on the first 100 GSM8K and 50 MATH-500 dev
 # problems, under the baselines and trigreason at two settings. Resumable: re-run it after an
 # interruption.
 #   bash bench/run_all.sh [GSM8K_LIMIT] [MATH_LIMIT]

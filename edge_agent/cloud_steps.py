@@ -2,7 +2,7 @@
 
 Every call goes through the budget (reserve, call, settle) and, refused or failed, leaves an event
 saying why; the local model then goes on. A cloud step is written by continuation of the edge's own
-turn (prefill) where the provider allows it, else from a transcript prompt (README, "Cloud steps").
+turn (prefill) where the provider allows it, else from a transcript prompt (docs/cloud.md, "Cloud steps").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The house's shape: arrows run one way, no private names cross modules, modules and functions stay small.
 
-edge_agent -> triggers, cloud, store and cloud -> store; nothing runs back up (DESIGN.md, README "Layout").
+edge_agent -> triggers, cloud, store and cloud -> store; nothing runs back up (DESIGN.md, docs/layout.md).
 """
 
 import ast

@@ -13,7 +13,7 @@ from .types import Action, Step, TriggerEvent
 
 @dataclass(frozen=True)
 class TrigReasonParams:
-    # thresholds read off local-only traces of the 0.5B edge model on GSM8K dev (README, "TrigReason")
+    # thresholds read off local-only traces of the 0.5B edge model on GSM8K dev (docs/policies.md, "TrigReason")
     plan: str = "auto"
     offload: bool = True
     uncertainty: bool = False

@@ -23,7 +23,7 @@ class TrimThr(BasePolicy):
 
     ``scorer`` is ``logprob`` (free), ``self`` (the local model's P(yes)) or ``cloud-judge`` (one
     cloud token); see triggers.scorers. The default tau for ``logprob`` is calibrated RouteLLM-style:
-    the 20% quantile of logprob scores of the 0.5B edge model's steps on GSM8K dev problems (README,
+    the 20% quantile of logprob scores of the 0.5B edge model's steps on GSM8K dev problems (docs/bench.md,
     "Bench"); the other two scorers are probabilities and default to 0.5.
     """
 
