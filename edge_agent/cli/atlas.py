@@ -187,7 +187,7 @@ def atlas_read(directory: str, run: RunOptions, vocab: str, max_k: int, report_o
         if not as_json:
             console().print(f"{n} new reads in {out / READS}")
     summary = summarize(db)
-    base = {r["name"]: r for r in summary["rows"]}
+    base = {r["policy"]: r for r in summary["rows"]}
     price = agents.cloud.price if agents.cloud is not None else lookup("local")
     problems, cloud_base = load(db, done_reads(out / READS), price)
     if not problems:
