@@ -6,7 +6,9 @@ that finish and keep whichever of the two the read trusts more (higher mean c - 
 the repair. Costs are counted two ways, as shares of cloud-only's: output tokens (the cloud steps), and USD
 (the steps' input and output tokens and every read, at the atlas cloud's price). tau is set on the training
 folds so that the policy spends the target share there, then applied to the held-out fold; the references
-at the same share are a random single step and the best fixed step (chosen on the training folds).
+at the same share are a random single step and the best fixed step (chosen on the training folds). The
+``length-gated read`` variant reads only traces at least as long as a gate (the edge's token count, a free
+signal of a wrong trace: BASELINES.md), gate and tau chosen together on the training folds.
 """
 
 from __future__ import annotations
@@ -56,8 +58,12 @@ def _usd(price: Any, b: dict[str, Any]) -> float:
     return ((b["cloud_in"] or 0) * price.input + (b["cloud_out"] or 0) * price.output) / 1e6
 
 
-def verify_repair(p: Problem, tau: float, max_k: int, second_read: bool = True) -> tuple[int, float, float]:
-    """(correct, cloud output tokens, USD) of one problem under the policy; the trace's read is always paid."""
+def verify_repair(p: Problem, tau: float, max_k: int, second_read: bool = True,
+                  gate: float = 0.0) -> tuple[int, float, float]:
+    """(correct, cloud output tokens, USD) of one problem under the policy. The trace is read (and paid for) only
+    when its length in tokens, a free local signal of a wrong trace, is at least ``gate``."""
+    if p.trace.n < gate:
+        return p.correct, 0.0, 0.0
     usd = p.trace.cost_usd
     if p.trace.suspicion < tau:
         return p.correct, 0.0, usd
@@ -77,15 +83,32 @@ def _fold(pid: str) -> int:
     return zlib.crc32(pid.encode()) % FOLDS
 
 
-def _tau_for(train: Sequence[Problem], share: float, base: float, measure: int, max_k: int, second: bool) -> float:
+def _tau_for(train: Sequence[Problem], share: float, base: float, measure: int, max_k: int, second: bool,
+             gate: float = 0.0) -> float:
     """The lowest tau whose spend on ``train`` stays within ``share`` of cloud-only's (measure 1 tokens, 2 USD)."""
     best = float("inf")
     for tau in sorted({p.trace.suspicion for p in train}, reverse=True):
-        spent = statistics.mean(verify_repair(p, tau, max_k, second)[measure] for p in train)
+        spent = statistics.mean(verify_repair(p, tau, max_k, second, gate)[measure] for p in train)
         if spent > share * base:
             break
         best = tau
     return best
+
+
+def _gated(train: Sequence[Problem], share: float, base: float, measure: int, max_k: int) -> tuple[float, float]:
+    """(gate, tau) with the best training accuracy within the share: the gate on trace length from its quantiles."""
+    lengths = sorted(p.trace.n for p in train)
+    best = (-1.0, float("inf"), float("inf"))  # read nothing: always within the share
+    for q in (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
+        gate = lengths[min(int(q * len(lengths)), len(lengths) - 1)] if q else 0.0
+        tau = _tau_for(train, share, base, measure, max_k, True, gate)
+        runs = [verify_repair(p, tau, max_k, True, gate) for p in train]
+        if statistics.mean(r[measure] for r in runs) > share * base:
+            continue  # even the reads alone cost more than the share
+        acc = statistics.mean(r[0] for r in runs)
+        if acc > best[0]:
+            best = (acc, gate, tau)
+    return best[1], best[2]
 
 
 def _fixed_k(train: Sequence[Problem], max_k: int) -> int:
@@ -123,9 +146,18 @@ def evaluate(problems: list[Problem], base: dict[str, float], local: float, clou
                 acc = statistics.mean(g[0] for g in got)
                 row[label] = {"acc": round(acc, 4), "pgr": round((acc - local) / gap, 3),
                               "spent": round(statistics.mean(g[measure] for g in got) / unit, 3)}
-            idx = {1: 1, 2: 2}[measure]
-            pick_all = lambda p: [(b[0], b[1], b[2]) for b in p.branches.values()]  # noqa: E731
-            acc, spent = _mix(problems, lambda p: [(c, o, u) for c, o, u in pick_all(p)], share, unit, idx)
+            got = []
+            for fold in range(FOLDS):
+                train = [p for p in problems if _fold(p.id) != fold]
+                test = [p for p in problems if _fold(p.id) == fold]
+                gate, tau = _gated(train, share, unit, measure, max_k)
+                got += [verify_repair(p, tau, max_k, True, gate) for p in test]
+            acc = statistics.mean(g[0] for g in got)
+            row["verify-repair, length-gated read"] = {
+                "acc": round(acc, 4), "pgr": round((acc - local) / gap, 3),
+                "spent": round(statistics.mean(g[measure] for g in got) / unit, 3)}
+            idx = measure
+            acc, spent = _mix(problems, lambda p: [b[:3] for b in p.branches.values()], share, unit, idx)
             row["random step"] = {"acc": round(acc, 4), "pgr": round((acc - local) / gap, 3), "spent": round(spent / unit, 3)}
             accs, spends = [], []
             for fold in range(FOLDS):
