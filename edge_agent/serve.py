@@ -2,7 +2,8 @@
 
 Model ids are policies: ``edge-agent`` runs the server's ``--policy``; ``local-only``, ``trim-thr``,
 ``trim-thr(tau=0.6)`` ... run that policy. The conversation becomes one problem (``chat.conversation_problem``)
-and every request is a persisted session, named in the ``X-Edge-Agent-Session`` response header.
+and every request is a persisted session, named in the ``X-Edge-Agent-Session`` response header. What a
+hostile web page could send (a foreign Host or Origin, a non-JSON body) is refused first (``serve_guard``).
 
 There is one local model (one llama.cpp context) and sqlite3 connections belong to the thread that opened
 them, so a single worker thread owns both: it is the lock that serializes requests. ``Worker.admit``
@@ -39,6 +40,7 @@ from .errors import USER_ERRORS
 from .factory import uses_cloud
 from .prompts import messages
 from .report import session_report
+from .serve_guard import BrowserGuard, HostRule
 from .serve_wire import chunk, completion, finish_reason, sse, summary, usage
 from .trace_page import register as register_trace_pages
 from .values import Step
@@ -64,6 +66,8 @@ class ServeOptions:
     max_queue: int = 4  # requests that may wait while one runs; more are refused with 429
     session_meta: dict[str, Any] = field(default_factory=dict)  # stored in each session's settings (resume needs it)
     open_db: Callable[[], Any] | None = None  # a new DB connection for the trace pages (GET /, /sessions/ID)
+    host: str = "127.0.0.1"  # the bound address: with ``allow_hosts``, the Host values served (serve_guard)
+    allow_hosts: tuple[str, ...] = ()
 
 
 class ApiError(Exception):
@@ -288,6 +292,7 @@ def create_app(make_agent: Callable[[str], Agent], options: ServeOptions) -> Fas
 
     app = FastAPI(title="edge-agent", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.worker = worker
+    app.add_middleware(BrowserGuard, hosts=HostRule.bound_to(options.host, options.allow_hosts))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:

@@ -26,21 +26,25 @@ from .render import Renderer, join_progress
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", default=8088, show_default=True, type=int, help="TCP port.")
 @click.option("--token", envvar="EDGE_AGENT_TOKEN", help="Require 'Authorization: Bearer TOKEN' (env EDGE_AGENT_TOKEN).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests whose Host is NAME (repeatable); others get 403 (DNS-rebinding guard).")
 @run_options("serve")
 @click.option("--queue", "max_queue", default=4, show_default=True, type=click.IntRange(0),
               help="Requests that may wait for the one local model; more get HTTP 429.")
 @cloud_options
 @db_option
-def serve(host: str, port: int, token: str | None, run: RunOptions, max_queue: int, cloud: CloudOptions,
-          db_path: str | None) -> None:
+def serve(host: str, port: int, token: str | None, allow_hosts: tuple[str, ...], run: RunOptions, max_queue: int,
+          cloud: CloudOptions, db_path: str | None) -> None:
     """Serve the agent as an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models) and trace pages (GET /)."""
     try:  # an optional extra: import it only when asked to serve
         from ..serve import ServeOptions, create_app, run_server
+        from ..serve_guard import allowed_name
     except ImportError:
         raise InputError("serve needs FastAPI and uvicorn: pip install 'edge-agent[server]'") from None
     if not is_loopback(f"http://{host}") and not token:
         raise InputError(f"--host {host} exposes the agent (and your cloud budget) beyond this machine: "
                          "pass --token as well")
+    allow_hosts = tuple(allowed_name(name) for name in allow_hosts)  # a bad name fails before the model loads
     check_port(host, port)
     settings = run.settings()
     cfg = load_config()
@@ -59,13 +63,14 @@ def serve(host: str, port: int, token: str | None, run: RunOptions, max_queue: i
     options = ServeOptions(default_policy=label, resolve_policy=lambda spec: policy_label(cfg, spec),
                            settings=settings, has_cloud=agents.cloud is not None, token=token, max_queue=max_queue,
                            session_meta=session_meta(cloud, agents.cloud),
-                           open_db=lambda: open_db(db_path, create=False))
+                           open_db=lambda: open_db(db_path, create=False), host=host, allow_hosts=allow_hosts)
     app = create_app(make_agent, options)
     app.state.worker.call(lambda: make_agent(label).model.llm)  # load now: a bad model fails before we listen
     base_url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1"
     click.echo(f"edge-agent serve: {base_url} · model 'edge-agent' = {label}"
                + (f" · cloud {agents.cloud.provider}:{agents.cloud.model}" if agents.cloud else " · no cloud")
-               + (" · token required" if token else ""))
+               + (" · token required" if token else "")
+               + (f" · also answers to Host {', '.join(allow_hosts)}" if allow_hosts else ""))
     click.echo(f"use: OpenAI(base_url={base_url!r}, api_key={'TOKEN' if token else 'any'!r}) · Ctrl-C stops")
     click.echo(f"trace pages: {base_url[:-3]}/" + ("?token=TOKEN" if token else ""))
     run_server(app, host, port)
