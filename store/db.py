@@ -14,7 +14,6 @@ from sqlite_utils.migrations import Migrations
 
 from .txn import new_id, now
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 migrations = Migrations("edge-agent")
 
@@ -261,18 +260,23 @@ INDEXES = {"m004_session_leases": ("steps_active_idx",)}  # the one-writer rule:
 
 
 def _check_file(path: Path) -> None:
+    """Refuse a directory, an unreadable file, or a file that is not SQLite, without opening it ourselves.
+
+    Why not read its header: POSIX advisory locks belong to the process, and closing *any* descriptor of the
+    file drops every lock SQLite holds on it through this process's connections (a trace page in ``serve``
+    opens the database while the worker's connection is open). Another process then believes it is the
+    last user, checkpoints and deletes the ``-wal`` under the worker, and later commits are lost. So only
+    SQLite opens the file (its own descriptors are shared per inode and never closed under a lock), and the
+    header is checked by SQLite itself when the schema is read.
+    """
     if path.is_dir():
         raise StoreError(f"database path {path} is a directory: pass a file path with --db or EDGE_AGENT_DB")
-    if path.exists():
-        try:
-            with open(path, "rb") as f:
-                head = f.read(16)
-        except OSError as e:
-            raise StoreError(f"cannot read database {path}: {e.strerror}: check its permissions") from None
-        if head and head != SQLITE_MAGIC:
-            raise StoreError(
-                f"{path} is not an edge-agent database (not SQLite): move it aside or pass another --db"
-            )
+    if path.exists() and not os.access(path, os.R_OK):
+        raise StoreError(f"cannot read database {path}: Permission denied: check its permissions")
+
+
+def _not_sqlite(path: Path) -> StoreError:
+    return StoreError(f"{path} is not an edge-agent database (not SQLite): move it aside or pass another --db")
 
 
 def _create_private(path: Path) -> None:
@@ -394,6 +398,8 @@ def open_db(path: str | os.PathLike | None = None, *, create: bool = True) -> Da
         try:
             _check_schema(path, *_look(path))
         except sqlite3.DatabaseError as e:
+            if "not a database" in str(e):
+                raise _not_sqlite(path) from None
             raise _db_error(path, e) from None
         if stat.S_IMODE(path.stat().st_mode) & 0o077:
             try:

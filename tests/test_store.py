@@ -165,3 +165,26 @@ def test_a_failed_inner_write_transaction_undoes_only_itself(db):
     state = store.load_state(db, sid)
     assert (state.status, state.answer) == ("ended", None) and not db.conn.in_transaction
     assert db.execute("SELECT updated_at FROM sessions WHERE id = ?", [sid]).fetchone()[0] == "later"
+
+
+def test_opening_the_database_again_in_one_process_keeps_sqlites_locks(tmp_path):
+    """A second open_db in a process (serve's trace pages) must not drop the locks of its open connections:
+    else another process's close checkpoints and deletes the -wal under them, and later commits vanish."""
+    import subprocess
+    import sys
+
+    import store
+    from store import open_db
+
+    path = tmp_path / "shared.db"
+    writer = open_db(path)
+    store.new_session(writer, problem="a", model="m", model_path="x", policy="p", settings={})
+    reader = open_db(path)  # what a trace page does while the worker's connection is open
+    reader.close()
+    other = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('select count(*) from sessions'); c.close()"
+    subprocess.run([sys.executable, "-c", other, str(path)], check=True, timeout=60)
+    store.new_session(writer, problem="b", model="m", model_path="x", policy="p", settings={})
+    count = "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from sessions').fetchone()[0])"
+    seen = subprocess.run([sys.executable, "-c", count, str(path)], capture_output=True, check=True, timeout=60)
+    assert seen.stdout.decode().strip() == "2"
+    writer.close()
