@@ -236,6 +236,12 @@ def m006_atlas(db: Database) -> None:
     )
 
 
+@migrations()
+def m007_claimed_cost(db: Database) -> None:
+    """What the provider's usage claimed each call cost, beside the booked cost (they differ for an overrun)."""
+    db["cloud_calls"].add_column("claimed_nusd", int)
+
+
 KNOWN_MIGRATIONS = {m.name for m in migrations._migrations}
 # the tables each migration creates: with the migration recorded, a missing one is a damaged schema
 TABLES = {
@@ -245,6 +251,7 @@ TABLES = {
     "m004_session_leases": ("session_leases",),
     "m005_continuation_and_step_cache": ("step_cache",),
     "m006_atlas": ("atlas_meta", "atlas_problems", "atlas_branches"),
+    "m007_claimed_cost": (),
 }
 INDEXES = {"m004_session_leases": ("steps_active_idx",)}  # the one-writer rule: without it, refuse
 
