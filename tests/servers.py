@@ -173,8 +173,8 @@ class _FaultHandler(_Handler):
             out = _completion("")
             out["choices"][0]["message"]["content"] = owner.content
             return self._send(200, out)
-        if mode == "bill-50x":  # every reply claims 50x the max_tokens it was given
-            out = _completion("2 + 1 = 3, so \\boxed{3}.")
+        if mode == "bill-50x":  # every reply (a step, not an answer) claims 50x the max_tokens it was given
+            out = _completion("Half of 2 is 1, so the white fiber is 1 bolt.")
             out["usage"] = {"prompt_tokens": 50, "completion_tokens": 50 * int(body.get("max_tokens") or 16)}
             return self._send(200, out)
         if mode == "redirect":
