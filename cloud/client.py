@@ -82,6 +82,8 @@ class Cloud:
             if prefill:
                 extra["prefill"] = True
             raw = self.adapter.complete(messages, max_tokens=max_tokens, stop=stop, **extra)
+            if not isinstance(raw.text, str):  # whatever the adapter: the steps read text, and a crash would re-pay on resume
+                raise _not_text(raw)
             usage = None if raw.usage is None else checked_usage(raw.usage)  # impossible counts: malformed, billed
         except BaseException as e:
             err = e if isinstance(e, CloudError) else CloudError(f"cloud call failed ({type(e).__name__})", "error", billed=True)
@@ -147,6 +149,13 @@ class Cloud:
                       status=err.kind, error=str(err))
         if err.opens_breaker:
             self.breaker.trip(err.kind)
+
+
+def _not_text(raw: Any) -> CloudError:
+    err = CloudError(f"the cloud's reply is not text ({type(raw.text).__name__})", "malformed", opens_breaker=True,
+                     billed=True)
+    err.usage = raw.usage  # paid for: booked at its usage
+    return err
 
 
 def _usage4(u: dict[str, Any]) -> dict[str, int]:

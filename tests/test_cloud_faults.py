@@ -215,3 +215,21 @@ def test_doctor_billing_is_ok_without_overruns(tmp_path):
     doc = json.loads(run_cli("doctor", "--json", "--offline", "--model", f"script:{script}", timeout=60).stdout)
     [billing] = [c for c in doc["checks"] if c["name"] == "cloud billing"]
     assert billing["level"] == "ok" and doc["overruns"] == []
+
+
+def test_any_adapter_reply_that_is_not_text_is_malformed(db, session):
+    from cloud.adapters import RawReply
+    from cloud.client import Cloud
+
+    class Odd:
+        provider, model, base_url = "p", "m", None
+
+        def complete(self, messages, **_):
+            return RawReply(["not", "text"], {"input_tokens": 50, "output_tokens": 7})
+
+    cloud = Cloud(Odd(), PRICE)
+    with pytest.raises(CloudError) as e:
+        cloud.call(MSGS, max_tokens=32, budget=Budget(db, Caps(), session), purpose="rewrite_step")
+    assert e.value.kind == "malformed"
+    [row] = store.cloud_calls(db, session)
+    assert (row["status"], row["cost_nusd"]) == ("malformed", HONEST_NUSD)
