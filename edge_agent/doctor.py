@@ -159,7 +159,7 @@ def check_overruns(db: Any) -> tuple[list[dict[str, Any]], Check]:
     found = ledger.overrun_endpoints(db) if db is not None else []
     if not found:
         return found, Check("cloud billing", "ok", "no endpoint has billed past a reservation")
-    shown = "; ".join(f"{e['provider']}:{e['model']} {e['calls']} calls (claimed ${e['claimed_usd']:.6f}, "
+    shown = "; ".join(f"{e['provider']}:{e['model']} {e['calls']} overrun call(s) in {e['sessions']} session(s) (claimed ${e['claimed_usd']:.6f}, "
                       f"booked ${e['booked_usd']:.6f}, last {e['last'][:10]})" for e in found)
     return found, Check(
         "cloud billing", "warn", f"usage past max_tokens (booked at the reservation, the endpoint skipped for the "

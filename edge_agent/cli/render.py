@@ -201,7 +201,7 @@ def print_cost(out: dict[str, Any]) -> None:
     if out["overrun_calls"]:
         screen.print(
             f"providers claimed ${claimed['today']:.6f} today · ${claimed['month']:.6f} this month · "
-            f"${claimed['total']:.6f} all time: {out['overrun_calls']} calls billed past their reservation "
+            f"${claimed['total']:.6f} all time: {out['overrun_calls']} call(s) billed past their reservation "
             "(booked at it; see 'edge-agent doctor')", markup=False)
 
 
