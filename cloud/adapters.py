@@ -173,6 +173,8 @@ class OpenAIAdapter:
                  timeout_s: float = 60.0, max_retries: int = 2, http_client: Any = None) -> None:
         import openai
 
+        from .deadline import bounded_http_client
+
         check_transport(timeout_s, max_retries)
         self.model = model
         self.base_url = check_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or None, "OPENAI_BASE_URL")
@@ -183,7 +185,7 @@ class OpenAIAdapter:
             base_url=self.base_url,
             timeout=timeout_s,
             max_retries=max_retries,
-            http_client=http_client,
+            http_client=http_client or bounded_http_client(openai),  # timeout_s bounds the whole request
         ), self.base_url, "OPENAI_BASE_URL")
 
     def complete(self, messages: Sequence[dict[str, str]], *, max_tokens: int, stop: Sequence[str] = (),
@@ -204,22 +206,53 @@ class OpenAIAdapter:
             )
         except Exception as e:
             raise sdk_error(oa, e, "OPENAI_API_KEY", str(self.client.base_url)) from None
+        usage = _openai_usage(resp)
         try:
-            text = resp.choices[0].message.content or ""
+            content = resp.choices[0].message.content
         except (AttributeError, IndexError, TypeError):
             raise CloudError("the cloud sent a response with no message", "malformed", opens_breaker=True, billed=True) from None
-        u = getattr(resp, "usage", None)
-        usage = None
-        if u is not None and getattr(u, "prompt_tokens", None) is not None and getattr(u, "completion_tokens", None) is not None:
-            details = getattr(u, "prompt_tokens_details", None)
-            cached = getattr(details, "cached_tokens", None) if details else None
-            usage = {  # as reported: the client refuses impossible counts
-                "input_tokens": u.prompt_tokens,
-                "output_tokens": u.completion_tokens,
-                "cached_tokens": 0 if cached is None else cached,
-                "cache_write_tokens": 0,
-            }
+        text = content_text(content)
+        if text is None:  # paid for, but not text: booked at its usage, and the step stays local
+            err = CloudError(f"the cloud sent message content that is not text ({type(content).__name__}: "
+                             f"{str(content)[:60]!r})", "malformed", opens_breaker=True, billed=True)
+            err.usage = usage
+            raise err
         return RawReply(text, usage, _first_top_logprobs(resp) if top_logprobs else None)
+
+
+def _openai_usage(resp: Any) -> dict[str, Any] | None:
+    """A chat completion's usage as reported (the client refuses impossible counts), or None if it has none."""
+    u = getattr(resp, "usage", None)
+    if u is None or getattr(u, "prompt_tokens", None) is None or getattr(u, "completion_tokens", None) is None:
+        return None
+    details = getattr(u, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details else None
+    return {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens,
+            "cached_tokens": 0 if cached is None else cached, "cache_write_tokens": 0}
+
+
+def _part(part: Any, name: str) -> Any:
+    return part.get(name) if isinstance(part, dict) else getattr(part, name, None)
+
+
+def content_text(content: Any) -> str | None:
+    """A message's content as text: a string, nothing (""), or a list of parts whose text parts are
+    joined (other typed parts, e.g. reasoning, are skipped); None for any other shape."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        return None
+    texts = []
+    for part in content:
+        kind = _part(part, "type")
+        if not isinstance(kind, str):
+            return None
+        if kind == "text":
+            text = _part(part, "text")
+            if not isinstance(text, str):
+                return None
+            texts.append(text)
+    return "".join(texts)
 
 
 def _first_top_logprobs(resp: Any) -> list[tuple[str, float]] | None:
@@ -240,18 +273,19 @@ class AnthropicAdapter:
                  timeout_s: float = 60.0, max_retries: int = 2, http_client: Any = None) -> None:
         import anthropic
 
+        from .deadline import bounded_http_client
+
         check_transport(timeout_s, max_retries)
         self.model = model
         self.base_url = check_base_url(base_url or os.environ.get("ANTHROPIC_BASE_URL") or None, "ANTHROPIC_BASE_URL")
         self._anthropic = anthropic
-        kwargs: dict[str, Any] = {"http_client": http_client} if http_client is not None else {}
         key = _key("ANTHROPIC_API_KEY", api_key, self.base_url)
         self.client = _sdk_client(lambda: anthropic.Anthropic(
             api_key=key,
             base_url=self.base_url,
             timeout=timeout_s,
             max_retries=max_retries,
-            **kwargs,
+            http_client=http_client or bounded_http_client(anthropic),  # timeout_s bounds the whole request
         ), self.base_url, "ANTHROPIC_BASE_URL")
 
     @staticmethod
@@ -291,25 +325,29 @@ class AnthropicAdapter:
             )
         except Exception as e:
             raise sdk_error(an, e, "ANTHROPIC_API_KEY", str(self.client.base_url)) from None
+        usage = _anthropic_usage(resp)
         try:
             text = "".join(b.text for b in resp.content if getattr(b, "type", "") == "text")
         except (AttributeError, TypeError):
-            raise CloudError("the cloud sent a response with no content", "malformed", opens_breaker=True, billed=True) from None
-        u = getattr(resp, "usage", None)
-        usage = None
-        if u is not None and getattr(u, "input_tokens", None) is not None and getattr(u, "output_tokens", None) is not None:
-            # the parts are summed, so each is checked first (a string or a negative count is malformed)
-            read = getattr(u, "cache_read_input_tokens", None)
-            read = 0 if read is None else token_count("cache_read_input_tokens", read)
-            write = getattr(u, "cache_creation_input_tokens", None)
-            write = 0 if write is None else token_count("cache_creation_input_tokens", write)
-            usage = {
-                "input_tokens": token_count("input_tokens", u.input_tokens) + read + write,
-                "output_tokens": u.output_tokens,
-                "cached_tokens": read,
-                "cache_write_tokens": write,
-            }
+            err = CloudError("the cloud sent a response with no text content", "malformed", opens_breaker=True,
+                             billed=True)
+            err.usage = usage  # paid for: booked at its usage
+            raise err from None
         return RawReply(text, usage)
+
+
+def _anthropic_usage(resp: Any) -> dict[str, Any] | None:
+    """A message's usage with the cache reads and writes inside the input; None if it has none."""
+    u = getattr(resp, "usage", None)
+    if u is None or getattr(u, "input_tokens", None) is None or getattr(u, "output_tokens", None) is None:
+        return None
+    # the parts are summed, so each is checked first (a string or a negative count is malformed)
+    read = getattr(u, "cache_read_input_tokens", None)
+    read = 0 if read is None else token_count("cache_read_input_tokens", read)
+    write = getattr(u, "cache_creation_input_tokens", None)
+    write = 0 if write is None else token_count("cache_creation_input_tokens", write)
+    return {"input_tokens": token_count("input_tokens", u.input_tokens) + read + write,
+            "output_tokens": u.output_tokens, "cached_tokens": read, "cache_write_tokens": write}
 
 
 ADAPTERS = {"openai": OpenAIAdapter, "anthropic": AnthropicAdapter}

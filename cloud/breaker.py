@@ -1,4 +1,4 @@
-"""A circuit breaker: after a connection error, timeout, 5xx or exhausted 429, stop calling for a while."""
+"""A circuit breaker: after a connection error, timeout, 5xx, exhausted 429, malformed reply or overrun, stop calling for a while."""
 
 from __future__ import annotations
 

@@ -97,6 +97,12 @@ class Budget:
             amount_nusd=amount,
             caps_nusd=self.caps.nusd(),
         )
+        if isinstance(got, ledger.Denial) and got.scope == "overrun":
+            raise BudgetDenied(
+                f"{provider}:{model} billed past its reservation earlier in this session (it claimed "
+                f"${usd(got.committed_nusd):.6f}): no reservation bounds what it charges, so it is not called again "
+                "in this session", got.scope, usd(got.cap_nusd), usd(got.committed_nusd), usd(got.needed_nusd),
+            )
         if isinstance(got, ledger.Denial):
             raise BudgetDenied(
                 f"{purpose} needs up to ${usd(got.needed_nusd):.6f} but the {got.scope} cap ${usd(got.cap_nusd):.6f} "

@@ -82,17 +82,12 @@ class Cloud:
             if prefill:
                 extra["prefill"] = True
             raw = self.adapter.complete(messages, max_tokens=max_tokens, stop=stop, **extra)
+            if not isinstance(raw.text, str):  # whatever the adapter: the steps read text, and a crash would re-pay on resume
+                raise _not_text(raw)
             usage = None if raw.usage is None else checked_usage(raw.usage)  # impossible counts: malformed, billed
         except BaseException as e:
             err = e if isinstance(e, CloudError) else CloudError(f"cloud call failed ({type(e).__name__})", "error", billed=True)
-            # a request the provider may have processed is costed at its reservation: never under-count
-            budget.settle(
-                reservation, **record, input_tokens=0, output_tokens=0, cached_tokens=0, cache_write_tokens=0,
-                cost_nusd=reserved if err.billed else 0, latency_s=time.perf_counter() - t0,
-                status=err.kind, error=str(err),
-            )
-            if err.opens_breaker:
-                self.breaker.trip(err.kind)
+            self._settle_failed(err, budget, reservation, reserved, record, time.perf_counter() - t0)
             if err is e:
                 raise
             if isinstance(e, Exception):
@@ -100,23 +95,27 @@ class Cloud:
             raise
         latency = time.perf_counter() - t0
         cost, status, usage, claimed, note = self._booked(usage, reserved)
-        budget.settle(reservation, **record, **usage, cost_nusd=cost, latency_s=latency, status=status, error=note)
-        self.breaker.reset()
+        budget.settle(reservation, **record, **usage, cost_nusd=cost, claimed_nusd=claimed, latency_s=latency,
+                      status=status, error=note)
+        if status == "overrun":  # the endpoint bills past max_tokens: a fault of it (the ledger refuses it for the session)
+            self.breaker.trip(status)
+        else:
+            self.breaker.reset()
         if key is not None and status == "ok":
             budget.cache_put(key, provider=self.provider, model=self.model, text=raw.text, usage=_usage4(usage))
         return CloudReply(
             text=raw.text, input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"],
             cached_tokens=usage["cached_tokens"], cost_usd=usd(cost), latency_s=latency, provider=self.provider,
-            model=self.model, status=status, overrun_usd=usd(claimed - cost) if claimed else 0.0,
+            model=self.model, status=status, overrun_usd=usd(claimed - cost) if status == "overrun" else 0.0,
         ), raw.top_logprobs
 
-    def _booked(self, usage: dict[str, int] | None, reserved: int) -> tuple[int, str, dict[str, int], int, str | None]:
-        """(cost to book, status, usage, cost the provider claimed if over the reservation, note)."""
+    def _booked(self, usage: dict[str, int] | None, reserved: int) -> tuple[int, str, dict[str, int], int | None, str | None]:
+        """(cost to book, status, usage, cost the provider's usage claims or None, note)."""
         if usage is None:
-            return reserved, "no_usage", _usage4({}), 0, None
+            return reserved, "no_usage", _usage4({}), None, None
         cost = actual_cost(self.price, usage)
         if cost <= reserved:
-            return cost, "ok", usage, 0, None
+            return cost, "ok", usage, cost, None
         # more than the worst case is possible only if the usage is wrong: the caps count the
         # reservation, and the row says what the provider claimed
         note = (f"the cloud reported usage costing ${usd(cost):.9f}, more than the ${usd(reserved):.9f} "
@@ -131,6 +130,32 @@ class Cloud:
         return CloudReply(text=hit["text"], input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"],
                           cached_tokens=usage["cached_tokens"], cost_usd=0.0, latency_s=0.0,
                           provider=self.provider, model=self.model, status="cache_hit")
+
+
+    def _settle_failed(self, err: CloudError, budget: Budget, reservation: str, reserved: int, record: dict[str, Any],
+                       latency: float) -> None:
+        """Book a failed call and let the breaker count it. A request the provider may have processed is
+        costed at its reservation (never under-count), or at its usage when a paid reply came back unusable."""
+        cost, usage, claimed = (reserved if err.billed else 0), _usage4({}), None
+        if err.billed and err.usage is not None:
+            try:
+                usage = checked_usage(err.usage)
+            except CloudError:  # impossible counts too: the reservation stands
+                usage = _usage4({})
+            else:
+                claimed = actual_cost(self.price, usage)
+                cost = min(claimed, reserved)
+        budget.settle(reservation, **record, **usage, cost_nusd=cost, claimed_nusd=claimed, latency_s=latency,
+                      status=err.kind, error=str(err))
+        if err.opens_breaker:
+            self.breaker.trip(err.kind)
+
+
+def _not_text(raw: Any) -> CloudError:
+    err = CloudError(f"the cloud's reply is not text ({type(raw.text).__name__})", "malformed", opens_breaker=True,
+                     billed=True)
+    err.usage = raw.usage  # paid for: booked at its usage
+    return err
 
 
 def _usage4(u: dict[str, Any]) -> dict[str, int]:

@@ -16,6 +16,7 @@ class CloudError(Exception):
         self.opens_breaker = opens_breaker
         self.billed = billed  # the request reached the provider and may have been charged
         self.detail = ""  # what the provider said, when it said something (an HTTP error's message)
+        self.usage: dict | None = None  # a paid reply that could not be used: its usage as reported, to book it
 
 
 class BudgetDenied(Exception):

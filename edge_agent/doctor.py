@@ -154,6 +154,20 @@ def check_caps(cfg: Any, max_cost: float | None, db: Any, has_cloud: bool) -> tu
     return info, Check("caps", "ok", detail)
 
 
+def check_overruns(db: Any) -> tuple[list[dict[str, Any]], Check]:
+    """Endpoints whose usage claimed more than a call's reservation: their bills are not bounded by max_tokens."""
+    found = ledger.overrun_endpoints(db) if db is not None else []
+    if not found:
+        return found, Check("cloud billing", "ok", "no endpoint has billed past a reservation")
+    shown = "; ".join(f"{e['provider']}:{e['model']} {e['calls']} overrun call(s) in {e['sessions']} session(s) (claimed ${e['claimed_usd']:.6f}, "
+                      f"booked ${e['booked_usd']:.6f}, last {e['last'][:10]})" for e in found)
+    return found, Check(
+        "cloud billing", "warn", f"usage past max_tokens (booked at the reservation, the endpoint skipped for the "
+                                 f"rest of each session): {shown}",
+        "check what the endpoint bills (a proxy or server that ignores max_tokens, or misreports usage); "
+        "'edge-agent cost' shows claimed beside booked")
+
+
 def check_db(db_path: str | None) -> tuple[Any, Check]:
     path = Path(db_path).expanduser() if db_path else default_path()
     if not path.exists():
@@ -175,9 +189,10 @@ def diagnose(model: str | None, cloud: CloudOptions, db_path: str | None) -> dic
     cloud_info, c_cloud = check_cloud(cfg, cloud)
     db, c_db = check_db(db_path)
     caps_info, c_caps = check_caps(cfg, cloud.max_cost, db, cloud_info is not None)
+    overruns, c_billing = check_overruns(db)
     if db is not None:
         db.close()
-    checks = [c_compute, c_model, c_cloud, c_caps, c_db, c_config]
+    checks = [c_compute, c_model, c_cloud, c_caps, c_billing, c_db, c_config]
     return {
         "ok": all(c.level != "fail" for c in checks),
         "checks": [asdict(c) for c in checks],
@@ -185,5 +200,6 @@ def diagnose(model: str | None, cloud: CloudOptions, db_path: str | None) -> dic
         "model": model_info,
         "cloud": cloud_info,
         "caps": caps_info,
+        "overruns": overruns,
         "paths": {"db": str(Path(db_path).expanduser() if db_path else default_path()), "config": str(config_path())},
     }

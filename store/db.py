@@ -245,6 +245,12 @@ def m007_samples(db: Database) -> None:
     db["sessions"].create_index(["parent_id"])
 
 
+@migrations()
+def m008_claimed_cost(db: Database) -> None:
+    """What the provider's usage claimed each call cost, beside the booked cost (they differ for an overrun)."""
+    db["cloud_calls"].add_column("claimed_nusd", int)
+
+
 KNOWN_MIGRATIONS = {m.name for m in migrations._migrations}
 # the tables each migration creates: with the migration recorded, a missing one is a damaged schema
 TABLES = {
@@ -255,6 +261,7 @@ TABLES = {
     "m005_continuation_and_step_cache": ("step_cache",),
     "m006_atlas": ("atlas_meta", "atlas_problems", "atlas_branches"),
     "m007_samples": (),
+    "m008_claimed_cost": (),
 }
 INDEXES = {"m004_session_leases": ("steps_active_idx",)}  # the one-writer rule: without it, refuse
 

@@ -20,6 +20,9 @@ SCOPES = ("session", "day", "month")
 # What a settled call counts for. Settle never books below zero, but a database written before that
 # rule may hold a negative row (a provider's negative usage): it counts at its reservation, never less.
 BOOKED = "(CASE WHEN cost_nusd < 0 THEN MAX(COALESCE(reserved_nusd, 0), 0) ELSE cost_nusd END)"
+# What the provider's usage claimed a call cost (at our prices): above the booked cost for an overrun.
+# A row with no claim (no usage reported, a failed call, a row written before m007) counts as booked.
+CLAIMED = f"MAX(COALESCE(claimed_nusd, 0), {BOOKED})"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,15 @@ def _committed(db: Database, scope: str, session_id: str, ts: str) -> int:
     return int(spent) + int(held)
 
 
+def _overruns(db: Database, session_id: str, provider: str, model: str) -> int | None:
+    """What ``provider``/``model`` claimed for its calls this session that billed past their reservation
+    (nano-USD), or None if none did."""
+    n, claimed = db.execute(
+        f"SELECT COUNT(*), COALESCE(SUM({CLAIMED}), 0) FROM cloud_calls WHERE session_id = ? AND provider = ?"
+        " AND model = ? AND status = 'overrun'", [session_id, provider, model]).fetchone()
+    return int(claimed) if n else None
+
+
 def reserve(
     db: Database,
     *,
@@ -59,6 +71,9 @@ def reserve(
     """Reserve ``amount_nusd`` unless that would break a cap. Returns the reservation id or a Denial."""
     ts = ts or now()
     with write_txn(db):  # the write lock is held from the cap check to the insert
+        overrun = _overruns(db, session_id, provider, model)
+        if overrun is not None:  # its bills are not bounded by a reservation: no cap can hold for it
+            return Denial("overrun", 0, overrun, amount_nusd)
         for scope in SCOPES:
             cap = caps_nusd.get(scope)
             if cap is None:
@@ -93,13 +108,17 @@ def settle(
     status: str,
     error: str | None = None,
     mode: str | None = None,
+    claimed_nusd: int | None = None,
 ) -> str:
     """Replace a reservation by the call's actual cost, in one transaction. Returns the call id.
 
     The booked cost is never below zero nor above the reservation: a cost that is not a whole number
     of nano-dollars >= 0 is booked at the reservation, and one above it is booked at the reservation
-    with status ``overrun`` (the caps hold whatever a caller or a provider claims).
+    with status ``overrun`` (the caps hold whatever a caller or a provider claims). ``claimed_nusd``
+    is what the provider's usage says the call cost, kept beside the booked cost (None: no claim).
     """
+    if isinstance(claimed_nusd, bool) or not isinstance(claimed_nusd, int) or claimed_nusd < 0:
+        claimed_nusd = None
     call_id = new_id()
     with write_txn(db):
         row = db.execute("SELECT amount_nusd, created_at FROM budget_reservations WHERE id = ?", [reservation_id]).fetchone()
@@ -109,6 +128,7 @@ def settle(
             cost_nusd = reserved
         elif row is not None and cost_nusd > reserved:
             error = error or f"cost {cost_nusd} nUSD is more than the {reserved} reserved: booked at the reservation"
+            claimed_nusd = max(claimed_nusd or 0, cost_nusd)
             cost_nusd, status = reserved, "overrun"
         db["budget_reservations"].update(reservation_id, {"status": "settled", "settled_at": now()})
         db["cloud_calls"].insert({
@@ -117,7 +137,7 @@ def settle(
             "cached_tokens": cached_tokens, "cache_write_tokens": cache_write_tokens, "cost_nusd": cost_nusd,
             "would_be_nusd": cost_nusd, "cost_usd": cost_nusd / 1e9, "reserved_nusd": reserved,
             "reservation_id": reservation_id, "latency_s": round(latency_s, 4), "status": status, "error": error,
-            "mode": mode,
+            "mode": mode, "claimed_nusd": claimed_nusd,
             # the call counts in the day/month its reservation was taken, so a settle after
             # midnight cannot move spend out from under yesterday's cap
             "created_at": created,
@@ -179,23 +199,38 @@ def reclaim_stale(db: Database) -> int:
 
 
 def spend(db: Database, ts: str | None = None) -> dict[str, Any]:
-    """Totals for ``edge-agent cost``: today, this month, all time, and by day/provider/model."""
+    """Totals for ``edge-agent cost``: today, this month, all time, and by day/provider/model; each booked
+    (what counts against the caps) and as the providers claimed it (above booked only for overruns)."""
     ts = ts or now()
     q = lambda sql, args=(): db.execute(sql, list(args)).fetchone()[0] or 0  # noqa: E731
     rows = db.execute(
         "SELECT substr(created_at, 1, 10) AS day, provider, model, COUNT(*), SUM(input_tokens), SUM(output_tokens),"
-        f" SUM(cached_tokens), SUM({BOOKED}) FROM cloud_calls GROUP BY day, provider, model ORDER BY day DESC, provider, model"
+        f" SUM(cached_tokens), SUM({BOOKED}), SUM({CLAIMED}), SUM(status = 'overrun') FROM cloud_calls"
+        " GROUP BY day, provider, model ORDER BY day DESC, provider, model"
     ).fetchall()
-    return {
-        "today_nusd": q(f"SELECT SUM({BOOKED}) FROM cloud_calls WHERE substr(created_at, 1, 10) = ?", [ts[:10]]),
-        "month_nusd": q(f"SELECT SUM({BOOKED}) FROM cloud_calls WHERE substr(created_at, 1, 7) = ?", [ts[:7]]),
-        "total_nusd": q(f"SELECT SUM({BOOKED}) FROM cloud_calls"),
-        "open_nusd": q("SELECT SUM(amount_nusd) FROM budget_reservations WHERE status = 'open'"),
-        "rows": [
-            {
-                "day": r[0], "provider": r[1], "model": r[2], "calls": r[3], "input_tokens": r[4] or 0,
-                "output_tokens": r[5] or 0, "cached_tokens": r[6] or 0, "cost_usd": (r[7] or 0) / 1e9,
-            }
-            for r in rows
-        ],
-    }
+    out: dict[str, Any] = {}
+    for name, where, args in (("today", "WHERE substr(created_at, 1, 10) = ?", [ts[:10]]),
+                              ("month", "WHERE substr(created_at, 1, 7) = ?", [ts[:7]]), ("total", "", [])):
+        out[f"{name}_nusd"] = q(f"SELECT SUM({BOOKED}) FROM cloud_calls {where}", args)
+        out[f"{name}_claimed_nusd"] = q(f"SELECT SUM({CLAIMED}) FROM cloud_calls {where}", args)
+    out["open_nusd"] = q("SELECT SUM(amount_nusd) FROM budget_reservations WHERE status = 'open'")
+    out["overrun_calls"] = q("SELECT COUNT(*) FROM cloud_calls WHERE status = 'overrun'")
+    out["rows"] = [
+        {
+            "day": r[0], "provider": r[1], "model": r[2], "calls": r[3], "input_tokens": r[4] or 0,
+            "output_tokens": r[5] or 0, "cached_tokens": r[6] or 0, "cost_usd": (r[7] or 0) / 1e9,
+            "claimed_usd": (r[8] or 0) / 1e9, "overrun_calls": r[9] or 0,
+        }
+        for r in rows
+    ]
+    return out
+
+
+def overrun_endpoints(db: Database) -> list[dict[str, Any]]:
+    """Each provider/model that billed past a reservation: its overrun calls, what it claimed and what was booked."""
+    rows = db.execute(
+        f"SELECT provider, model, COUNT(*), SUM({CLAIMED}), SUM({BOOKED}), COUNT(DISTINCT session_id),"
+        " MAX(created_at) FROM cloud_calls WHERE status = 'overrun' GROUP BY provider, model ORDER BY provider, model"
+    ).fetchall()
+    return [{"provider": r[0], "model": r[1], "calls": r[2], "claimed_usd": (r[3] or 0) / 1e9,
+             "booked_usd": (r[4] or 0) / 1e9, "sessions": r[5], "last": r[6]} for r in rows]

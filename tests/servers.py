@@ -109,6 +109,8 @@ class FaultServer(_Server):
         # exactly this, whatever it holds (negative, huge, 1.5, "12", None); set it per test
         self.usage = usage
         self.location = location  # mode "redirect": a 307 to here
+        self.trickle_s = 0.5  # mode "trickle": the headers, then one byte of the body this often
+        self.content: object = None  # mode "content": the message's content is exactly this (a list, 7, True...)
         super().__init__(_FaultHandler)
 
 
@@ -165,8 +167,33 @@ class _FaultHandler(_Handler):
                 "content": [{"type": "text", "text": "2 + 1 = 3, so \\boxed{3}."}],
                 "stop_reason": "end_turn", "stop_sequence": None, "usage": owner.usage,
             })
+        if mode == "trickle":  # a slow cloud that never lets a read time out
+            return self._trickle(json.dumps(_completion("2 + 1 = 3, so \\boxed{3}.")).rjust(200).encode())
+        if mode == "content":  # content as a list of parts, a number, an object...: set it per test
+            out = _completion("")
+            out["choices"][0]["message"]["content"] = owner.content
+            return self._send(200, out)
+        if mode == "bill-50x":  # every reply (a step, not an answer) claims 50x the max_tokens it was given
+            out = _completion("Half of 2 is 1, so the white fiber is 1 bolt.")
+            out["usage"] = {"prompt_tokens": 50, "completion_tokens": 50 * int(body.get("max_tokens") or 16)}
+            return self._send(200, out)
         if mode == "redirect":
             return self._send(307, {"error": "moved"}, {"location": owner.location})
         if mode == "bad_json_reply":
             return self._send(200, _completion("I think step 2 is wrong but here is no JSON."))
         return self._send(200, _completion("2 + 1 = 3, so \\boxed{3}."))
+
+    def _trickle(self, body: bytes) -> None:
+        """Send the headers, then the body a byte at a time until it is done or the client goes away."""
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        try:
+            for i in range(len(body)):
+                self.wfile.write(body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(self.server.owner.trickle_s)
+        except OSError:  # the client gave up: what the test wants
+            pass
+        self.close_connection = True

@@ -142,6 +142,10 @@ def spend_summary(db: Any, cfg: Config, days: int) -> dict[str, Any]:
         "month_usd": s["month_nusd"] / 1e9,
         "total_usd": s["total_nusd"] / 1e9,
         "open_reservations_usd": s["open_nusd"] / 1e9,
+        # what the providers' usage claimed: above the booked figures only when an endpoint billed past a reservation
+        "claimed_usd": {"today": s["today_claimed_nusd"] / 1e9, "month": s["month_claimed_nusd"] / 1e9,
+                        "total": s["total_claimed_nusd"] / 1e9},
+        "overrun_calls": s["overrun_calls"],
         "caps_usd": caps,
         "remaining_usd": {"day": left(caps["day"], s["today_nusd"]), "month": left(caps["month"], s["month_nusd"])},
         "rows": [r for r in s["rows"] if r["day"] in days_seen],

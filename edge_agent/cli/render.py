@@ -213,11 +213,12 @@ def print_models(rows: list[dict[str, Any]]) -> None:
 
 
 def print_cost(out: dict[str, Any]) -> None:
-    table = Table("day", "provider", "model", "calls", "in", "out", "cached", "USD")
+    table = Table("day", "provider", "model", "calls", "in", "out", "cached", "USD", "claimed USD")
     for r in out["rows"]:
+        claimed = f"{r['claimed_usd']:.6f}" + (f" ({r['overrun_calls']} overrun)" if r["overrun_calls"] else "")
         table.add_row(r["day"], r["provider"], r["model"], str(r["calls"]), str(r["input_tokens"]),
-                      str(r["output_tokens"]), str(r["cached_tokens"]), f"{r['cost_usd']:.6f}")
-    caps, left = out["caps_usd"], out["remaining_usd"]
+                      str(r["output_tokens"]), str(r["cached_tokens"]), f"{r['cost_usd']:.6f}", claimed)
+    caps, left, claimed = out["caps_usd"], out["remaining_usd"], out["claimed_usd"]
     screen = console()
     screen.print(table)
     screen.print(
@@ -225,6 +226,11 @@ def print_cost(out: dict[str, Any]) -> None:
         f"caps: session {_money(caps['session'])} · day {_money(caps['day'])} (left {_money(left['day'])}) · "
         f"month {_money(caps['month'])} (left {_money(left['month'])})"
     )
+    if out["overrun_calls"]:
+        screen.print(
+            f"providers claimed ${claimed['today']:.6f} today · ${claimed['month']:.6f} this month · "
+            f"${claimed['total']:.6f} all time: {out['overrun_calls']} call(s) billed past their reservation "
+            "(booked at it; see 'edge-agent doctor')", markup=False)
 
 
 def print_policies(rows: list[dict[str, Any]]) -> None:
