@@ -94,17 +94,17 @@ def read(cloud: Any, prompt: str | Sequence[int], *, budget: Budget, step_idx: i
     except BaseException as e:
         err = e if isinstance(e, CloudError) else CloudError(f"cloud read failed ({type(e).__name__})", "error",
                                                              billed=True)
-        budget.settle(reservation, **record, input_tokens=0, output_tokens=0, cached_tokens=0, cache_write_tokens=0,
-                      cost_nusd=reserved if err.billed else 0, latency_s=time.perf_counter() - t0, status=err.kind,
-                      error=str(err))
-        if err.opens_breaker:
-            cloud.breaker.trip(err.kind)
+        cloud._settle_failed(err, budget, reservation, reserved, record, time.perf_counter() - t0)  # as any call
         if err is e or not isinstance(e, Exception):
             raise
         raise err from None
     latency = time.perf_counter() - t0
-    cost, status, usage, _claimed, note = cloud._booked(usage, reserved)
-    budget.settle(reservation, **record, **usage, cost_nusd=cost, latency_s=latency, status=status, error=note)
-    cloud.breaker.reset()
+    cost, status, usage, claimed, note = cloud._booked(usage, reserved)
+    budget.settle(reservation, **record, **usage, cost_nusd=cost, claimed_nusd=claimed, latency_s=latency,
+                  status=status, error=note)
+    if status == "overrun":  # billed past its reservation: a fault of the endpoint, as for any call
+        cloud.breaker.trip(status)
+    else:
+        cloud.breaker.reset()
     return ReadReply(tokens=out["tokens"], token_logprobs=out["token_logprobs"], text_offset=out["text_offset"],
                      input_tokens=usage["input_tokens"], cost_usd=usd(cost), latency_s=latency, status=status)
