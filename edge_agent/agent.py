@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import store
 from triggers import Policy, get_policy
@@ -14,10 +14,14 @@ from triggers.scorers import MODEL_SCORERS, Score, Spend, StepInputs
 from .answer import extract_answer
 from .cloud_steps import CloudActions, parse_intervention, resolve_continuation
 from .errors import InputError
-from .local import LocalModel
 from .prompts import messages
 from .state import load_state
 from .values import Action, Step, TriggerEvent
+
+if TYPE_CHECKING:  # pragma: no cover
+    from store import Database
+
+    from .model import StepModel
 
 __all__ = ["Agent", "Callbacks", "RunResult", "Settings", "check_problem", "parse_intervention"]
 
@@ -95,8 +99,8 @@ class Agent(CloudActions):
 
     def __init__(
         self,
-        model: LocalModel,
-        db: Any,
+        model: StepModel,
+        db: Database,
         policy: Policy | str = "local-only",
         *,
         cloud: Any = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import store
 from cloud.budget import Caps
@@ -26,6 +26,11 @@ from .config import db_path as default_db_path
 from .errors import InputError
 from .presets import env_threads, open_model
 from .step_cache import CachedModel
+
+if TYPE_CHECKING:  # pragma: no cover
+    from store import Database
+
+    from .model import StepModel
 
 Progress = Callable[[int, int], None]
 
@@ -140,7 +145,7 @@ def stored_cloud(state: store.SessionState, offline: bool) -> CloudOptions:
                         max_cost=s.get("max_cost"), price_in=s.get("price_in"), price_out=s.get("price_out"))
 
 
-def open_local(model: str | None, n_ctx: int, progress: Progress | None = None) -> Any:
+def open_local(model: str | None, n_ctx: int, progress: Progress | None = None) -> StepModel:
     """The local model (weights load on first use), with ``EDGE_AGENT_THREADS`` threads."""
     return open_model(model, n_ctx=n_ctx, n_threads=env_threads(), progress=progress)
 
@@ -158,7 +163,7 @@ class Agents:
     continuation: str = "auto"  # [cloud] continuation: how cloud steps are asked for
     step_cache: bool = False
     read: str = "auto"  # [cloud] read: how verify-repair's reads are asked for (cloud.reads.read_mode)
-    _local: Any = field(default=None, init=False, repr=False)
+    _local: StepModel | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def build(cls, cfg: Config, run: RunOptions, cloud: CloudOptions, progress: Progress | None = None) -> Agents:
@@ -168,26 +173,26 @@ class Agents:
                    continuation=cfg.cloud.get("continuation", "auto"), step_cache=run.step_cache,
                    read=cfg.cloud.get("read", "auto"))
 
-    def local(self) -> Any:
+    def local(self) -> StepModel:
         if self._local is None:
             self._local = open_local(self.model, self.n_ctx, self.progress)
         return self._local
 
-    def agent(self, policy: str, db: Any, *, offline: bool | None = None) -> Agent:
+    def agent(self, policy: str, db: Database, *, offline: bool | None = None) -> Agent:
         """An agent running ``policy`` on ``db``; ``offline`` overrides the options' flag (chat's /offline)."""
-        local = CachedModel(self.local(), db) if self.step_cache else self.local()
+        local: StepModel = CachedModel(self.local(), db) if self.step_cache else self.local()
         agent = Agent(local, db, policy, cloud=self.cloud, caps=self.caps,
                       offline=self.offline if offline is None else offline, continuation=self.continuation)
         agent.read_setting = self.read
         return agent
 
 
-def open_db(db_path: str | None, *, create: bool = True) -> Any:
+def open_db(db_path: str | None, *, create: bool = True) -> Database:
     """The session database: ``--db`` / ``EDGE_AGENT_DB``, else the one in the app dir."""
     return store.open_db(db_path or default_db_path(), create=create)
 
 
-def agent_for_session(db: Any, session_id: str, offline: bool = False, progress: Progress | None = None, *,
+def agent_for_session(db: Database, session_id: str, offline: bool = False, progress: Progress | None = None, *,
                       finished_ok: bool = False) -> Agent:
     """The agent that continues a stored session: its model, policy, settings, cloud, prices and cap.
 

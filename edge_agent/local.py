@@ -103,7 +103,7 @@ class _SignalAccumulator:
 
 
 class LocalModel:
-    """One llama.cpp context, built on first use."""
+    """One llama.cpp context, built on first use (a ``StepModel``, edge_agent/model.py)."""
 
     def __init__(
         self,
@@ -138,6 +138,10 @@ class LocalModel:
         if self._llm is None:
             self._load()
         return self._llm
+
+    def load(self) -> None:
+        """Load the weights now (``StepModel.load``): a bad model fails here, not at its first step."""
+        self.llm  # noqa: B018 - the property loads
 
     @property
     def compute(self) -> str:

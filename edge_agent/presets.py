@@ -15,10 +15,12 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, ModelError
+from .model import StepModel, split_scheme
 
 GGUF_MAGIC = b"GGUF"
 
@@ -344,11 +346,11 @@ def is_path_like(name: str) -> bool:
 def resolve_model(name_or_path: str | None, progress=None) -> tuple[str, Path]:
     """Map ``--model`` (preset, pulled name, path or None for the default) to (display name, verified GGUF path)."""
     name = name_or_path or default_model()
-    if name.startswith("script:"):  # a scripted model (tests, demos): see edge_agent/scripted.py
-        path = Path(name[len("script:"):]).expanduser()
-        if not path.is_file():  # missing, or not a regular file (a FIFO would block)
-            raise ModelError(f"scripted model not found: {path}: pass script:FILE.json")
-        return "script:" + path.name, path
+    schemed = split_scheme(name)
+    if schemed is not None:  # script:FILE.json and any other registered scheme (edge_agent/model.py)
+        entry, scheme, spec = schemed
+        path = entry.check(spec)
+        return f"{scheme}:{path.name}", path
     if name in PRESETS:
         return name, check_gguf(ensure_preset(PRESETS[name], progress))
     pulled = None if is_path_like(name) else read_registry().get(name)
@@ -378,13 +380,13 @@ def env_threads() -> int | None:
     return int(value)
 
 
-def open_model(name_or_path: str | None, *, n_ctx: int = 4096, n_threads: int | None = None, progress=None):
+def open_model(name_or_path: str | None, *, n_ctx: int = 4096, n_threads: int | None = None,
+               progress: Callable[[int, int], None] | None = None) -> StepModel:
     """The one factory for the local model: resolve ``--model`` and build it (weights load on first use)."""
     name, path = resolve_model(name_or_path, progress=progress)
-    if name.startswith("script:"):
-        from .scripted import ScriptedModel
-
-        return ScriptedModel(path, n_ctx=n_ctx)
+    schemed = split_scheme(name)
+    if schemed is not None:
+        return schemed[0].open(path, n_ctx=n_ctx, n_threads=n_threads)
     from .local import LocalModel
 
     model = LocalModel(path, name, n_ctx=n_ctx, n_threads=n_threads)

@@ -1,4 +1,4 @@
-"""A scripted local model: the ``LocalModel`` interface, writing a fixed list of steps.
+"""A scripted local model: the ``StepModel`` interface (edge_agent/model.py), writing a fixed list of steps.
 
 Chosen like any model, with ``--model script:FILE.json`` (the same resolver and factory the product
 uses), so the agent loop, resume, serve and chat can be driven to an exact behaviour -- a loop, an
@@ -54,20 +54,29 @@ def _as_item(item: Any) -> dict[str, Any]:
 class ScriptedModel:
     """Writes the steps of a script; otherwise behaves as ``LocalModel`` does (KV accounting included)."""
 
-    def __init__(self, script: str | Path, *, n_ctx: int = 4096, seed: int = 0, **_: Any) -> None:
+    def __init__(self, script: str | Path, *, n_ctx: int = 4096, seed: int = 0) -> None:
         self.script_path = Path(script).resolve()
         self.path = PREFIX + str(self.script_path)  # stored with the session: resume rebuilds this model
         self.name = PREFIX + self.script_path.name
         self.n_ctx = n_ctx
         self.n_threads = 1
         self.seed = seed
+        self.identity: str | None = None  # no weights: the step cache keys a script by its file
         self.script = _load_script(self.script_path)
+        self.seen: list[list[int]] = []  # every context next_step was given, in order (for tests)
         self._kv: list[int] = []
         self._prompts: dict[tuple[int, ...], str] = {}
 
-    # -- the LocalModel interface -----------------------------------------------------------------
+    # -- the StepModel interface (edge_agent/model.py) ------------------------------------------------
     @property
-    def llm(self) -> "ScriptedModel":
+    def compute(self) -> str:
+        return "repack"  # no llama.cpp: the mode every step-cache key had before modes existed
+
+    def load(self) -> None:
+        """Nothing to load: the script was read when the model was built."""
+
+    @property
+    def llm(self) -> "ScriptedModel":  # for callers that still touch ``.llm`` to load early; prefer load()
         return self
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
@@ -102,6 +111,7 @@ class ScriptedModel:
     def next_step(self, context: Sequence[int], *, max_tokens: int = 256, temperature: float = 0.0,
                   on_text: Callable[[str], None] | None = None) -> Draft:
         start = time.perf_counter()
+        self.seen.append(list(context))
         evaluated = self.sync(context)
         item = self._item(context)
         if item is None or item.get("eos"):

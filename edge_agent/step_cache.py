@@ -14,12 +14,17 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import store
 
-from .local import Draft
+from .local import Draft, Verdict
 from .values import Signals
+
+if TYPE_CHECKING:  # pragma: no cover
+    from store import Database
+
+    from .model import StepModel
 
 
 def model_identity(model: Any) -> str:
@@ -48,17 +53,69 @@ def compute_mode(model: Any) -> str:
 
 
 class CachedModel:
-    """A local model whose greedy steps are replayed from (and kept in) the step cache in ``db``."""
+    """A local model whose greedy steps are replayed from (and kept in) the step cache in ``db``.
 
-    def __init__(self, model: Any, db: Any) -> None:
+    A ``StepModel`` itself: ``next_step`` and ``identity`` are its own, the rest of the interface is the
+    wrapped model's, each member delegated by name so the type checker sees the whole seam."""
+
+    def __init__(self, model: StepModel, db: Database) -> None:
         self.inner = model
         self.db = db
-        self.identity = model_identity(model)
+        self.identity: str = model_identity(model)
         self.hits = 0
         self.misses = 0
 
-    def __getattr__(self, name: str) -> Any:  # everything but next_step is the wrapped model's
+    def __getattr__(self, name: str) -> Any:
+        # only what is outside StepModel (``llm``, ``sync``, ``script_path``...): callers that reach past
+        # the seam into one kind of model; every protocol member is written out below
         return getattr(self.inner, name)
+
+    # -- StepModel, delegated ----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def path(self) -> str | os.PathLike[str]:
+        return self.inner.path
+
+    @property
+    def n_ctx(self) -> int:
+        return self.inner.n_ctx
+
+    @property
+    def n_threads(self) -> int:
+        return self.inner.n_threads
+
+    @property
+    def compute(self) -> str:
+        return self.inner.compute
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        return self.inner.tokenize(text, special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.inner.detokenize(tokens)
+
+    def prompt_tokens(self, messages: list[dict[str, str]], *, reserve: int = 0) -> list[int]:
+        return self.inner.prompt_tokens(messages, reserve=reserve)
+
+    def verify(self, context: Sequence[int], question: str, yes: Sequence[str], no: Sequence[str]) -> Verdict:
+        return self.inner.verify(context, question, yes, no)
+
+    def room(self, context_len: int) -> int:
+        return self.inner.room(context_len)
+
+    def reseed(self, seed: int) -> None:
+        self.inner.reseed(seed)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    # -- the cached step ---------------------------------------------------------------------------
 
     def next_step(self, context: Sequence[int], *, max_tokens: int = 256, temperature: float = 0.0,
                   on_text: Callable[[str], None] | None = None) -> Draft:

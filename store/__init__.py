@@ -7,13 +7,16 @@ in sqlite-utils: the CLI's error funnel needs the error classes long before any 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SessionError, StoreError
 
+if TYPE_CHECKING:  # pragma: no cover - what the type checker sees of the lazy names below
+    from sqlite_utils import Database as Database  # the session database every store function takes
+
 _HOMES = {
     "ledger": None, "shard": None,
-    "open_db": "db",
+    "open_db": "db", "Database": "db",
     "new_id": "txn", "now": "txn", "write_txn": "txn", "session_lease": "lease",
     "sample_sessions": "samples", "set_vote": "samples", "sample_links": "samples", "sample_totals": "samples",
     "step_cache_get": "repo",  # store.cache's, with the entry's JSON checked where the other row checks are
