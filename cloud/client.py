@@ -94,13 +94,7 @@ class Cloud:
                 raise err from None
             raise
         latency = time.perf_counter() - t0
-        cost, status, usage, claimed, note = self._booked(usage, reserved)
-        budget.settle(reservation, **record, **usage, cost_nusd=cost, claimed_nusd=claimed, latency_s=latency,
-                      status=status, error=note)
-        if status == "overrun":  # the endpoint bills past max_tokens: a fault of it (the ledger refuses it for the session)
-            self.breaker.trip(status)
-        else:
-            self.breaker.reset()
+        cost, status, usage, claimed = self._settle_ok(budget, reservation, reserved, record, usage, latency)
         if key is not None and status == "ok":
             budget.cache_put(key, provider=self.provider, model=self.model, text=raw.text, usage=_usage4(usage))
         return CloudReply(
@@ -108,6 +102,18 @@ class Cloud:
             cached_tokens=usage["cached_tokens"], cost_usd=usd(cost), latency_s=latency, provider=self.provider,
             model=self.model, status=status, overrun_usd=usd(claimed - cost) if status == "overrun" else 0.0,
         ), raw.top_logprobs
+
+    def _settle_ok(self, budget: Budget, reservation: str, reserved: int, record: dict[str, Any],
+                   usage: dict[str, int] | None, latency: float) -> tuple[int, str, dict[str, int], int | None]:
+        """Book a call that came back (a reply or a read) and let the breaker hear of it: (cost, status, usage, claimed)."""
+        cost, status, usage4, claimed, note = self._booked(usage, reserved)
+        budget.settle(reservation, **record, **usage4, cost_nusd=cost, claimed_nusd=claimed, latency_s=latency,
+                      status=status, error=note)
+        if status == "overrun":  # the endpoint bills past max_tokens: a fault of it (the ledger refuses it for the session)
+            self.breaker.trip(status)
+        else:
+            self.breaker.reset()
+        return cost, status, usage4, claimed
 
     def _booked(self, usage: dict[str, int] | None, reserved: int) -> tuple[int, str, dict[str, int], int | None, str | None]:
         """(cost to book, status, usage, cost the provider's usage claims or None, note)."""

@@ -99,12 +99,6 @@ def read(cloud: Any, prompt: str | Sequence[int], *, budget: Budget, step_idx: i
             raise
         raise err from None
     latency = time.perf_counter() - t0
-    cost, status, usage, claimed, note = cloud._booked(usage, reserved)
-    budget.settle(reservation, **record, **usage, cost_nusd=cost, claimed_nusd=claimed, latency_s=latency,
-                  status=status, error=note)
-    if status == "overrun":  # billed past its reservation: a fault of the endpoint, as for any call
-        cloud.breaker.trip(status)
-    else:
-        cloud.breaker.reset()
+    cost, status, usage, _claimed = cloud._settle_ok(budget, reservation, reserved, record, usage, latency)
     return ReadReply(tokens=out["tokens"], token_logprobs=out["token_logprobs"], text_offset=out["text_offset"],
                      input_tokens=usage["input_tokens"], cost_usd=usd(cost), latency_s=latency, status=status)

@@ -156,15 +156,14 @@ def evaluate(problems: list[Problem], base: dict[str, float], local: float, clou
             row["verify-repair, length-gated read"] = {
                 "acc": round(acc, 4), "pgr": round((acc - local) / gap, 3),
                 "spent": round(statistics.mean(g[measure] for g in got) / unit, 3)}
-            idx = measure
-            acc, spent = _mix(problems, lambda p: [b[:3] for b in p.branches.values()], share, unit, idx)
+            acc, spent = _mix(problems, lambda p: [b[:3] for b in p.branches.values()], share, unit, measure)
             row["random step"] = {"acc": round(acc, 4), "pgr": round((acc - local) / gap, 3), "spent": round(spent / unit, 3)}
             accs, spends = [], []
             for fold in range(FOLDS):
                 train = [p for p in problems if _fold(p.id) != fold]
                 test = [p for p in problems if _fold(p.id) == fold]
                 k = _fixed_k(train, max_k)
-                a, s = _mix(test, lambda p: [p.branches[k][:3]] if k in p.branches else [], share, unit, idx)
+                a, s = _mix(test, lambda p: [p.branches[k][:3]] if k in p.branches else [], share, unit, measure)
                 accs += [a] * len(test)
                 spends += [s] * len(test)
             acc = statistics.mean(accs)

@@ -9,6 +9,7 @@ import sqlite3
 
 import pytest
 
+from tests.test_bad_input import _digest
 from tests.conftest import ROBE, run_cli
 from tests.hub_server import HubFile
 from tests.test_models_pull import BLOB, cache, hub, nothing_installed, one_line_refusal  # noqa: F401 (fixtures)
@@ -109,16 +110,6 @@ def test_a_hub_commit_that_is_not_40_hex_installs_nothing(cache, hub, commit):  
 
 
 # -- b. a damaged database row ------------------------------------------------------------------------------
-
-
-def _digest(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for p in sorted(path.parent.glob(path.name + "*")):  # include -wal / -shm
-        if p.is_file():
-            h.update(p.name.encode() + p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture
