@@ -26,6 +26,8 @@ from .values import Signals
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
+    from .model import Parallel
+
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -100,6 +102,78 @@ class _SignalAccumulator:
             mean_logprob=round(self.sum_lp / n, 6),
             min_logprob=round(self.min_lp, 6),
         )
+
+
+def pick_token(np: Any, logits: Any, temperature: float, rng: Any, z_buf: Any, e_buf: Any) -> tuple[int, float, float, float]:
+    """Choose the next token from ``logits``: (token, entropy in nats, top-1 probability, its log-probability).
+
+    Greedy at temperature 0, else a draw from ``rng``. ``z_buf`` and ``e_buf`` are scratch arrays of the
+    vocabulary's size. Shared by the one-sequence decoder and the batched one, so both read the same signals.
+    """
+    top = int(np.argmax(logits))
+    z = np.subtract(logits, logits[top], out=z_buf)
+    e = np.exp(z, out=e_buf)
+    total = float(e.sum())
+    # p = e / Z, so H = log Z - E_p[z] and the top-1 probability is 1 / Z
+    ent = max(math.log(total) - float(np.dot(e, z)) / total, 0.0)
+    top1 = 1.0 / total
+    log_z = math.log(total)
+    if temperature <= 0:
+        return top, ent, top1, -log_z
+    p = np.exp(z / temperature)
+    p /= p.sum()
+    tok = int(rng.choice(len(p), p=p))
+    return tok, ent, top1, float(z[tok]) - log_z
+
+
+class StepBuilder:
+    """One step as it is decoded, token by token: its text, signals and stop rule (blank line or answer).
+
+    The caller owns the model and the budget of tokens; this owns what a step is. End-of-turn tokens
+    (``eos``) end the step without being part of it.
+    """
+
+    def __init__(self, eog: frozenset[int], detokenize: Callable[[list[int]], bytes],
+                 on_text: Callable[[str], None] | None = None) -> None:
+        self._eog = eog
+        self._detokenize = detokenize
+        self._on_text = on_text
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.acc = _SignalAccumulator()
+        self.new: list[int] = []
+        self.text = ""
+        self.finish = "length"
+
+    def eos(self, tok: int) -> bool:
+        """True (and the step ends) if ``tok`` closes the turn."""
+        if tok in self._eog:
+            self.finish = "eos"
+            return True
+        return False
+
+    def add(self, tok: int, entropy: float, top1: float, logprob: float) -> bool:
+        """Append a chosen token; True when the step is complete (a blank line, or a boxed answer)."""
+        self.acc.add(entropy, top1, logprob)
+        self.new.append(tok)
+        piece = self._decoder.decode(self._detokenize([tok]))
+        self.text += piece
+        if self._on_text and piece:
+            self._on_text(piece)
+        body = self.text.lstrip()
+        if SEPARATOR in body:
+            self.finish = "separator"
+            return True
+        if "}" in piece and boxed(body) is not None:
+            self.finish = "answer"
+            return True
+        return False
+
+    def draft(self, evaluated: int, seconds: float) -> Draft:
+        shown = self.text.lstrip().split(SEPARATOR, 1)[0].strip()
+        answer = extract_answer(shown) is not None
+        finish = "answer" if answer and self.finish == "separator" else self.finish
+        return Draft(text=shown, raw=self.text, token_ids=tuple(self.new), signals=self.acc.signals(answer),
+                     finish=finish, evaluated=evaluated, seconds=seconds)
 
 
 class LocalModel:
@@ -190,6 +264,18 @@ class LocalModel:
         eog.add(llm.token_eos())
         return frozenset(eog)
 
+    @property
+    def stop_tokens(self) -> frozenset[int]:
+        """The tokens that end the assistant's turn (end of generation)."""
+        self.llm  # noqa: B018 - the property loads
+        return self._eog
+
+    def parallel(self, n: int) -> "Parallel | None":
+        """``n`` sequences decoded in one llama.cpp batch on these weights (edge_agent/batch.py)."""
+        from .batch import BatchDecoder
+
+        return BatchDecoder(self, n)
+
     # -- prompt ----------------------------------------------------------------------------------
     def render(self, messages: list[dict[str, str]]) -> str:
         """Apply the GGUF's chat template and open the assistant turn (never close it)."""
@@ -249,22 +335,7 @@ class LocalModel:
 
     def _pick(self, temperature: float) -> tuple[int, float, float, float]:
         """Choose the next token and return (token, entropy in nats, top-1 probability, the token's log-probability)."""
-        np = self._np
-        logits = self._logits()
-        top = int(np.argmax(logits))
-        z = np.subtract(logits, logits[top], out=self._z)
-        e = np.exp(z, out=self._e)
-        total = float(e.sum())
-        # p = e / Z, so H = log Z - E_p[z] and the top-1 probability is 1 / Z
-        ent = max(math.log(total) - float(np.dot(e, z)) / total, 0.0)
-        top1 = 1.0 / total
-        log_z = math.log(total)
-        if temperature <= 0:
-            return top, ent, top1, -log_z
-        p = np.exp(z / temperature)
-        p /= p.sum()
-        tok = int(self._rng.choice(len(p), p=p))
-        return tok, ent, top1, float(z[tok]) - log_z
+        return pick_token(self._np, self._logits(), temperature, self._rng, self._z, self._e)
 
     # -- one step ----------------------------------------------------------------------------------
     def next_step(
@@ -279,49 +350,21 @@ class LocalModel:
         start = time.perf_counter()
         evaluated = self.sync(context)
         llm = self._llm
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        acc = _SignalAccumulator()
-        new: list[int] = []
-        text = ""
-        finish = "length"
+        step = StepBuilder(self._eog, llm.detokenize, on_text)
         for _ in range(max_tokens):
             if len(self._kv) >= self.n_ctx:
-                finish = "context"
+                step.finish = "context"
                 break
             tok, ent, top1, logprob = self._pick(temperature)
-            if tok in self._eog:
-                finish = "eos"
+            if step.eos(tok):
                 break
-            acc.add(ent, top1, logprob)
-            new.append(tok)
             self._held = None
             llm.eval([tok])
             self._kv.append(tok)
             evaluated += 1
-            piece = decoder.decode(llm.detokenize([tok]))
-            text += piece
-            if on_text and piece:
-                on_text(piece)
-            body = text.lstrip()
-            if SEPARATOR in body:
-                finish = "separator"
+            if step.add(tok, ent, top1, logprob):
                 break
-            if "}" in piece and boxed(body) is not None:
-                finish = "answer"
-                break
-        shown = text.lstrip().split(SEPARATOR, 1)[0].strip()
-        answer = extract_answer(shown) is not None
-        if answer and finish == "separator":
-            finish = "answer"
-        return Draft(
-            text=shown,
-            raw=text,
-            token_ids=tuple(new),
-            signals=acc.signals(answer),
-            finish=finish,
-            evaluated=evaluated,
-            seconds=time.perf_counter() - start,
-        )
+        return step.draft(evaluated, time.perf_counter() - start)
 
     # -- self-verification ---------------------------------------------------------------------------
     def question_suffix(self, question: str) -> list[int]:

@@ -23,7 +23,7 @@ from .errors import ModelError
 if TYPE_CHECKING:  # pragma: no cover - the types only: opening the seam loads nothing
     from .local import Draft, Verdict
 
-__all__ = ["MODEL_SCHEMES", "ModelScheme", "StepModel", "split_scheme"]
+__all__ = ["MODEL_SCHEMES", "ModelScheme", "Parallel", "StepModel", "split_scheme"]
 
 
 @runtime_checkable
@@ -85,7 +85,24 @@ class StepModel(Protocol):
         """Restart the sampler's random stream (temperature > 0 only)."""
         ...
 
+    def parallel(self, n: int) -> Parallel | None:
+        """``n`` views of this model that separate threads may drive at once (each a ``StepModel``), or
+        None if it can only run one sequence at a time (then callers run one after another)."""
+        ...
+
     def close(self) -> None: ...
+
+
+class Parallel:
+    """``n`` sequences of one model that separate threads drive at once (``seqs``); ``close`` ends them.
+
+    ``close`` is also how a caller stops them early: a sequence waiting for its step is woken with an error.
+    """
+
+    seqs: list[StepModel]
+
+    def close(self) -> None:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)

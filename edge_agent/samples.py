@@ -3,9 +3,10 @@
 The first solution is the session ``solve`` starts as usual, decoded greedily: it is the *parent*.
 Samples 2..N are sessions of their own (``sessions.parent_id`` names the parent), decoded at
 ``temperature`` with distinct seeds (the parent's seed + i). Each is committed step by step like any
-session, so a crash loses nothing: ``resume PARENT`` finishes the parent if needed, then runs only the
-samples that are not finished, then votes. All run one after another on one local model, so the
-prompt's KV entries are evaluated once and reused by every sample.
+session, so a crash loses nothing: ``resume PARENT`` runs only the sessions that are not finished (all
+the samples' sessions are created before any decoding), then votes. On a llama.cpp model they run
+together, as sequences of one batch that share the prompt's KV entries (edge_agent/batch.py); on a
+model that cannot batch, one after another on one model, reusing the prompt's KV entries too.
 
 The vote: answers are compared by ``answer.canonical`` ("3", "3.0" and "\\boxed{3}" agree); a session
 with no answer (max steps, end of turn) casts no vote. The most votes win; a tie goes to the greedy
@@ -16,10 +17,11 @@ votes over N (no-votes included), stored on the parent and readable by a policy 
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import store
 
@@ -27,6 +29,9 @@ from .agent import MAX_SEED, Agent, Callbacks, Settings
 from .answer import canonical
 from .config import MAX_SAMPLES, Config
 from .errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import Parallel, StepModel
 
 DEFAULT_TEMPERATURE = 0.7
 # settings a sample does not copy from its parent: what makes it a parent, and what the agent sets itself
@@ -162,25 +167,89 @@ def ensure_resumable(db: Any, session_id: str) -> None:
 SampleStart = Callable[[int, int, str], Callbacks]  # (index, n, session id) -> the callbacks for that run
 
 
-def run_samples(agent: Agent, parent_id: str, start: SampleStart) -> Samples:
-    """Finish the parent, then every sample not finished yet (creating the missing ones), then vote.
+def run_samples(agent: Agent, parent_id: str, start: SampleStart, *, batch: bool = True) -> Samples:
+    """Finish the parent and every sample not finished yet (creating the missing ones first), then vote.
 
+    With ``batch`` and a model that can (``StepModel.parallel``), the unfinished sessions run together:
+    one thread each, their steps decoded as sequences of one llama.cpp batch (edge_agent/batch.py); the
+    parent in this thread, streamed through ``start``, the samples quietly. Otherwise one after another.
     Holds the parent's lease throughout, so two processes never create the same sample twice.
     """
     db = agent.db
     with store.session_lease(db, parent_id, purpose="samples"):
         state = store.load_state(db, parent_id)
-        spec = state.settings["samples"]
-        if state.status not in store.FINISHED:
-            agent.run(parent_id, start(0, spec["n"], parent_id))
+        n = state.settings["samples"]["n"]
+        todo: list[tuple[int, str]] = [] if state.status in store.FINISHED else [(0, parent_id)]
         for sample in read_samples(db, parent_id).samples[1:]:
-            if sample.status in store.FINISHED:
-                continue  # committed and finished: never redone
-            sid = sample.session_id or _new_sample(agent, state, sample)
-            agent.run(sid, start(sample.index, spec["n"], sid))
+            if sample.status not in store.FINISHED:  # committed and finished: never redone
+                todo.append((sample.index, sample.session_id or _new_sample(agent, state, sample)))
+        together = agent.model.parallel(len(todo)) if batch and len(todo) > 1 else None
+        if together is None:
+            for index, sid in todo:
+                agent.run(sid, start(index, n, sid))
+        else:
+            _run_together(agent, together, todo, start, n)
         result = read_samples(db, parent_id)
         store.set_vote(db, parent_id, result.winner, result.agreement)
         return result
+
+
+def _run_together(agent: Agent, together: Parallel, todo: list[tuple[int, str]], start: SampleStart, n: int) -> None:
+    """Run each (index, session) on its own sequence of ``together``, each sample in a thread of its own."""
+    failures: list[BaseException] = []
+    path = store.db_file(agent.db)  # a SQLite connection belongs to its thread: each opens its own
+
+    def work(view: StepModel, index: int, sid: str) -> None:
+        db = None
+        try:
+            db = store.open_db(path, create=False)
+            _twin(agent, view, db).run(sid, Callbacks())
+        except BaseException as e:  # noqa: BLE001 - re-raised by the caller once every thread has ended
+            failures.append(e)
+        finally:
+            if db is not None:
+                db.close()
+
+    threads = [threading.Thread(target=work, args=(together.seqs[i], index, sid), name=f"sample-{index}", daemon=True)
+               for i, (index, sid) in enumerate(todo) if index != 0]
+    try:
+        if todo[0][0] == 0:  # the parent: this thread holds its lease, and its steps are shown as they come
+            cb = start(0, n, todo[0][1])
+            _twin(agent, together.seqs[0], agent.db).run(todo[0][1], _then_start(cb, threads))
+        for t in threads:
+            if t.ident is None:
+                t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)  # a short wait, so that Ctrl-C reaches this thread
+    finally:
+        together.close()  # threads still waiting for a step (an interrupt) get Interrupted and end
+        for t in threads:
+            if t.ident is not None:
+                t.join()
+    if failures:
+        raise failures[0]
+
+
+def _then_start(cb: Callbacks, threads: list[threading.Thread]) -> Callbacks:
+    """``cb``, and the samples' threads start once the parent's first step is in: they share its prompt's KV."""
+
+    def step_end(step: Any) -> None:
+        for t in threads:
+            if t.ident is None:
+                t.start()
+        if cb.step_end:
+            cb.step_end(step)
+
+    return Callbacks(cb.step_start, cb.text, step_end, cb.trigger)
+
+
+def _twin(agent: Agent, model: StepModel, db: Any) -> Agent:
+    """An agent like ``agent`` (policy, cloud, caps, modes) on another model and database connection."""
+    twin = Agent(model, db, agent.policy.label, cloud=agent.cloud, caps=agent.caps, offline=agent.offline,
+                 continuation=agent.continuation)
+    twin.read_setting = getattr(agent, "read_setting", "auto")  # type: ignore[attr-defined]
+    return twin
 
 
 def _new_sample(agent: Agent, parent: Any, sample: Sample) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 from .answer import boxed, extract_answer
 from .errors import ContextError, ModelError
 from .local import SEPARATOR, Draft, Verdict
+from .model import Parallel, StepModel
 from .values import Signals
 
 PREFIX = "script:"
@@ -51,6 +52,22 @@ def _as_item(item: Any) -> dict[str, Any]:
     return {"text": item} if isinstance(item, str) else dict(item)
 
 
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+class _Copies(Parallel):
+    def __init__(self, seqs: list[StepModel]) -> None:
+        self.seqs = seqs
+
+    def close(self) -> None:
+        for m in self.seqs:
+            m.close()
+
+
 class ScriptedModel:
     """Writes the steps of a script; otherwise behaves as ``LocalModel`` does (KV accounting included)."""
 
@@ -66,6 +83,7 @@ class ScriptedModel:
         self.seen: list[list[int]] = []  # every context next_step was given, in order (for tests)
         self._kv: list[int] = []
         self._prompts: dict[tuple[int, ...], str] = {}
+        self._peers: list[ScriptedModel] = []  # the copies of one ``parallel`` (their KV is shared)
 
     # -- the StepModel interface (edge_agent/model.py) ------------------------------------------------
     @property
@@ -100,13 +118,12 @@ class ScriptedModel:
         return tokens
 
     def sync(self, tokens: Sequence[int]) -> int:
-        keep = 0
-        while keep < min(len(self._kv), len(tokens)) and self._kv[keep] == tokens[keep]:
-            keep += 1
+        keep = _common(self._kv, tokens)
         if keep == len(tokens) == len(self._kv):
             return 0
+        shared = max((_common(p._kv, tokens) for p in self._peers if p is not self), default=0)
         self._kv = list(tokens)
-        return len(tokens) - keep
+        return len(tokens) - max(keep, shared)
 
     def next_step(self, context: Sequence[int], *, max_tokens: int = 256, temperature: float = 0.0,
                   on_text: Callable[[str], None] | None = None) -> Draft:
@@ -152,6 +169,13 @@ class ScriptedModel:
 
     def room(self, context_len: int) -> int:
         return self.n_ctx - context_len
+
+    def parallel(self, n: int) -> Parallel | None:
+        """``n`` copies of the script, one for each thread: the seam of llama.cpp's batch, without weights."""
+        copies = [ScriptedModel(self.script_path, n_ctx=self.n_ctx, seed=self.seed) for _ in range(n)]
+        for m in copies:  # as in llama.cpp's batch, a prefix another copy holds is not evaluated again
+            m._peers = copies
+        return _Copies(copies)
 
     def close(self) -> None:
         self._kv = []

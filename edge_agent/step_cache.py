@@ -24,7 +24,7 @@ from .values import Signals
 if TYPE_CHECKING:  # pragma: no cover
     from store import Database
 
-    from .model import StepModel
+    from .model import Parallel, StepModel
 
 
 def model_identity(model: Any) -> str:
@@ -111,6 +111,9 @@ class CachedModel:
 
     def reseed(self, seed: int) -> None:
         self.inner.reseed(seed)
+
+    def parallel(self, n: int) -> Parallel | None:
+        return None  # the cache replays sequential greedy steps: a batch's would be another record
 
     def close(self) -> None:
         self.inner.close()

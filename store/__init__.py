@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover - what the type checker sees of the lazy n
 
 _HOMES = {
     "ledger": None, "shard": None,
-    "open_db": "db", "Database": "db",
+    "open_db": "db", "Database": "db", "db_file": "db",
     "new_id": "txn", "now": "txn", "write_txn": "txn", "session_lease": "lease",
     "sample_sessions": "samples", "set_vote": "samples", "sample_links": "samples", "sample_totals": "samples",
     "step_cache_get": "repo",  # store.cache's, with the entry's JSON checked where the other row checks are

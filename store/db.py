@@ -440,3 +440,11 @@ def open_db(path: str | os.PathLike | None = None, *, create: bool = True) -> Da
     except sqlite3.DatabaseError as e:
         raise _db_error(path, e) from None
     return db
+
+
+def db_file(db: Database) -> str:
+    """The file of ``db``, for another thread to open its own connection (one stays in its thread)."""
+    path = db.execute("PRAGMA database_list").fetchone()[2]
+    if not path:
+        raise StoreError("an in-memory database cannot be shared between threads")
+    return path

@@ -66,6 +66,9 @@ class ToyModel:
     def reseed(self, seed: int) -> None:
         self.seeds.append(seed)
 
+    def parallel(self, n: int) -> None:
+        return None  # one sequence at a time: samples run one after another
+
     def close(self) -> None:
         pass
 

@@ -155,9 +155,10 @@ def _steps_of(db, sids):
 
 def test_kill_9_between_samples_then_resume_runs_only_the_rest(tmp_path):
     db = tmp_path / "edge.db"
-    slow = {"delay_s": 0.4}
-    cases = {i: [{"text": f"Sample {i} looks.", **slow}, {"text": f"So \\boxed{{{3 + i % 2}}}.", **slow}]
-             for i in range(1, 5)}
+    # the samples run together (one batch): samples 1 and 2 finish in a second, 3 and 4 take much longer
+    delay = {1: 0.4, 2: 0.4, 3: 4.0, 4: 4.0}
+    cases = {i: [{"text": f"Sample {i} looks.", "delay_s": delay[i]},
+                 {"text": f"So \\boxed{{{3 + i % 2}}}.", "delay_s": delay[i]}] for i in range(1, 5)}
     model = _script(tmp_path, cases)
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "solve", ROBE, "--json", "--model", model,
                              "--samples", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
