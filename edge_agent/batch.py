@@ -34,7 +34,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["MAX_BATCH_CELLS", "BatchDecoder", "Interrupted", "SeqView", "batch_cells"]
 
-MAX_BATCH_CELLS = 1 << 20  # KV cells of one batched context: llama.cpp allocates them all up front
+# KV cells of one batched context, which llama.cpp allocates up front: 64 sequences of 4,096 tokens, about
+# 3 GiB of KV entries for the 0.5B edge model (12 KiB a token)
+MAX_BATCH_CELLS = 1 << 18
 N_BATCH = 512  # tokens per llama_decode (prefills longer than this are split)
 SOLO_BELOW = 4  # fewer ready sequences than this decode one at a time (see BatchDecoder._round)
 

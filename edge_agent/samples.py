@@ -58,6 +58,13 @@ class SampleSpec:
                    float(temperature if temperature is not None
                          else cfg.solve.get("sample_temperature", DEFAULT_TEMPERATURE)))
 
+    def check_context(self, n_ctx: int) -> None:
+        """Refuse, before anything loads, N solutions whose batch (N contexts of ``n_ctx``) is too large."""
+        if self.n > 1:
+            from .batch import batch_cells
+
+            batch_cells(self.n, n_ctx)
+
     def extra(self) -> dict[str, Any]:
         """What the parent stores in its settings (nothing for one solution: that is a plain solve)."""
         return {"samples": {"n": self.n, "temperature": self.temperature}} if self.n > 1 else {}
@@ -165,14 +172,17 @@ def ensure_resumable(db: Any, session_id: str) -> None:
 
 
 SampleStart = Callable[[int, int, str], Callbacks]  # (index, n, session id) -> the callbacks for that run
+SampleDone = Callable[[int, int, str, Any], None]  # (index, n, session id, its RunResult): a quiet sample ended
 
 
-def run_samples(agent: Agent, parent_id: str, start: SampleStart, *, batch: bool = True) -> Samples:
+def run_samples(agent: Agent, parent_id: str, start: SampleStart, *, batch: bool = True,
+                done: SampleDone | None = None) -> Samples:
     """Finish the parent and every sample not finished yet (creating the missing ones first), then vote.
 
     With ``batch`` and a model that can (``StepModel.parallel``), the unfinished sessions run together:
     one thread each, their steps decoded as sequences of one llama.cpp batch (edge_agent/batch.py); the
-    parent in this thread, streamed through ``start``, the samples quietly. Otherwise one after another.
+    parent in this thread, streamed through ``start``, the samples quietly (``done`` hears as each one
+    ends). Otherwise one after another, each streamed through ``start``.
     Holds the parent's lease throughout, so two processes never create the same sample twice.
     """
     db = agent.db
@@ -188,13 +198,14 @@ def run_samples(agent: Agent, parent_id: str, start: SampleStart, *, batch: bool
             for index, sid in todo:
                 agent.run(sid, start(index, n, sid))
         else:
-            _run_together(agent, together, todo, start, n)
+            _run_together(agent, together, todo, start, n, done)
         result = read_samples(db, parent_id)
         store.set_vote(db, parent_id, result.winner, result.agreement)
         return result
 
 
-def _run_together(agent: Agent, together: Parallel, todo: list[tuple[int, str]], start: SampleStart, n: int) -> None:
+def _run_together(agent: Agent, together: Parallel, todo: list[tuple[int, str]], start: SampleStart, n: int,
+                  done: SampleDone | None) -> None:
     """Run each (index, session) on its own sequence of ``together``, each sample in a thread of its own."""
     failures: list[BaseException] = []
     path = store.db_file(agent.db)  # a SQLite connection belongs to its thread: each opens its own
@@ -203,7 +214,9 @@ def _run_together(agent: Agent, together: Parallel, todo: list[tuple[int, str]],
         db = None
         try:
             db = store.open_db(path, create=False)
-            _twin(agent, view, db).run(sid, Callbacks())
+            result = _twin(agent, view, db).run(sid, Callbacks())
+            if done:
+                done(index, n, sid, result)
         except BaseException as e:  # noqa: BLE001 - re-raised by the caller once every thread has ended
             failures.append(e)
         finally:

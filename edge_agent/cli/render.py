@@ -61,6 +61,12 @@ class Renderer:
         kind = "greedy" if index == 0 else "sampled"
         self.console.print(f"[bold]══ solution {index + 1}/{n} · {kind} · session {session_id}[/bold]")
 
+    def sample_done(self, index: int, n: int, session_id: str, result) -> None:
+        """One line as a sample decoded beside the greedy one ends (they run together, shown quietly)."""
+        answer = result.answer if result.answer is not None else "no answer"
+        self.console.print(f"[dim]\n✓ solution {index + 1}/{n} · sampled · session {session_id} · {result.status} · "
+                           f"{answer}[/dim]")
+
     def trigger(self, event, action: str) -> None:
         """A badge when a trigger fires, with its numbers."""
         self.console.file.write("\n")

@@ -47,7 +47,7 @@ def run_session(agent: Agent, session_id: str | None, problem: str | None, setti
         session_id = agent.start(problem, settings, extra)  # the session and all its settings in one insert
     try:
         if is_parent(agent.db, session_id):  # solve --samples N: N sessions, then the vote
-            run_samples(agent, session_id, _announce(renderer, cb))
+            run_samples(agent, session_id, _announce(renderer, cb), done=renderer.sample_done if renderer else None)
         else:
             agent.run(session_id, cb)
     except KeyboardInterrupt:
@@ -95,6 +95,7 @@ def solve(problem: str, run: RunOptions, verbose: bool, step_cache: bool, sample
     text = check_problem(read_problem(problem), run.n_ctx)
     cfg = load_config()
     spec = SampleSpec.resolve(samples, sample_temperature, cfg)
+    spec.check_context(run.n_ctx)
     label = policy_label(cfg, run.policy)
     agents = Agents.build(cfg, run, cloud, progress=join_progress())
     resolve_model(run.model)  # a bad --model fails before the database is touched
