@@ -113,6 +113,30 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def batch_main(model: LocalModel, name: str, args: argparse.Namespace) -> None:
+    from batch_speed import run
+
+    from edge_agent import runtime
+
+    sizes = [int(x) for x in args.batch.split(",")]
+    mode = runtime.current()
+    out = {"model": name, "threads": model.n_threads, "compute": mode.name, "cpu": cpu_name(),
+           **run(model, PROBLEM, sizes, args.cli, args.model)}
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"model {name} · {model.n_threads} threads · compute {mode.name} · {out['cpu']}")
+    print("raw batched decode (one token per sequence per llama_decode):")
+    for r in out["raw"]:
+        print(f"  N={r['n']:>2}  {r['tok_s']:7.1f} tok/s  {r['vs_one']:.2f}x one")
+    print("N solutions (greedy + N-1 at 0.7): one after another vs together")
+    for r in out["drafts"]:
+        print(f"  N={r['n']:>2}  sequential {r['sequential_s']:6.1f} s {r['sequential_tok_s']:6.1f} tok/s · "
+              f"batched {r['batched_s']:6.1f} s {r['batched_tok_s']:6.1f} tok/s · {r['speedup_tok_s']:.2f}x")
+    for r in out.get("cli", []):
+        print(f"  cli: {r}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m", help="preset name or GGUF path")
@@ -121,11 +145,16 @@ def main() -> None:
     ap.add_argument("--step-tokens", type=int, default=256)
     ap.add_argument("--no-triggers", action="store_true", help="skip the run with trigreason's detectors")
     ap.add_argument("--self-scorer", action="store_true", help="also time TRIM's self scorer on every step")
+    ap.add_argument("--batch", metavar="N[,N...]",
+                    help="instead: batched decoding of N sequences against N one after another (bench/batch_speed.py)")
+    ap.add_argument("--cli", action="store_true", help="with --batch: also time 'solve' against 'solve --samples N'")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     name, path = resolve_model(args.model)
     model = LocalModel(path, name, n_ctx=4096)
+    if args.batch:
+        return batch_main(model, name, args)
     prompt = model.prompt_tokens(messages(PROBLEM))
     raw_decode(model, prompt, 16)  # warm-up
     policy = None

@@ -34,6 +34,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import Parallel, StepModel
 
 DEFAULT_TEMPERATURE = 0.7
+# "auto" decodes the solutions together from this many on: below it llama.cpp's CPU kernels run a batch of a
+# Q4_K model hardly faster than one sequence, and a batch whose sequences end one by one loses (docs/speed.md)
+BATCH_AUTO_MIN = 8
+BATCH_MODES = ("auto", "on", "off")
 # settings a sample does not copy from its parent: what makes it a parent, and what the agent sets itself
 _NOT_COPIED = ("samples", "sample", "offline", "continuation", "temperature", "seed")
 
@@ -44,30 +48,34 @@ class SampleSpec:
 
     n: int = 1
     temperature: float = DEFAULT_TEMPERATURE
+    batch: str = "auto"  # decode the solutions together (edge_agent/batch.py): auto | on | off
 
     def __post_init__(self) -> None:
+        if self.batch not in BATCH_MODES:
+            raise InputError(f"--batch must be auto, on or off (got {str(self.batch)[:40]!r})")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or not 1 <= self.n <= MAX_SAMPLES:
             raise InputError(f"--samples must be an integer from 1 to {MAX_SAMPLES} (got {self.n})")
         if not 0.0 < self.temperature <= 5.0:
             raise InputError(f"--sample-temperature must be > 0 and <= 5 (got {self.temperature})")
 
     @classmethod
-    def resolve(cls, n: int | None, temperature: float | None, cfg: Config) -> "SampleSpec":
-        """The flags, else ``[solve]`` in the config, else 1 solution at 0.7."""
+    def resolve(cls, n: int | None, temperature: float | None, cfg: Config, batch: str | None = None) -> "SampleSpec":
+        """The flags, else ``[solve]`` in the config, else 1 solution at 0.7, batched from 8 on."""
         return cls(n if n is not None else cfg.solve.get("samples", 1),
                    float(temperature if temperature is not None
-                         else cfg.solve.get("sample_temperature", DEFAULT_TEMPERATURE)))
+                         else cfg.solve.get("sample_temperature", DEFAULT_TEMPERATURE)),
+                   batch if batch is not None else cfg.solve.get("batch", "auto"))
 
     def check_context(self, n_ctx: int) -> None:
         """Refuse, before anything loads, N solutions whose batch (N contexts of ``n_ctx``) is too large."""
-        if self.n > 1:
+        if self.n > 1 and (self.batch == "on" or (self.batch == "auto" and self.n >= BATCH_AUTO_MIN)):
             from .batch import batch_cells
 
             batch_cells(self.n, n_ctx)
 
     def extra(self) -> dict[str, Any]:
         """What the parent stores in its settings (nothing for one solution: that is a plain solve)."""
-        return {"samples": {"n": self.n, "temperature": self.temperature}} if self.n > 1 else {}
+        return {"samples": {"n": self.n, "temperature": self.temperature, "batch": self.batch}} if self.n > 1 else {}
 
 
 @dataclass(frozen=True)
@@ -175,11 +183,11 @@ SampleStart = Callable[[int, int, str], Callbacks]  # (index, n, session id) -> 
 SampleDone = Callable[[int, int, str, Any], None]  # (index, n, session id, its RunResult): a quiet sample ended
 
 
-def run_samples(agent: Agent, parent_id: str, start: SampleStart, *, batch: bool = True,
-                done: SampleDone | None = None) -> Samples:
+def run_samples(agent: Agent, parent_id: str, start: SampleStart, *, done: SampleDone | None = None) -> Samples:
     """Finish the parent and every sample not finished yet (creating the missing ones first), then vote.
 
-    With ``batch`` and a model that can (``StepModel.parallel``), the unfinished sessions run together:
+    When the parent's ``batch`` mode says so (``on``, or ``auto`` with at least ``BATCH_AUTO_MIN`` sessions
+    to run) and the model can (``StepModel.parallel``), the unfinished sessions run together:
     one thread each, their steps decoded as sequences of one llama.cpp batch (edge_agent/batch.py); the
     parent in this thread, streamed through ``start``, the samples quietly (``done`` hears as each one
     ends). Otherwise one after another, each streamed through ``start``.
@@ -188,12 +196,13 @@ def run_samples(agent: Agent, parent_id: str, start: SampleStart, *, batch: bool
     db = agent.db
     with store.session_lease(db, parent_id, purpose="samples"):
         state = store.load_state(db, parent_id)
-        n = state.settings["samples"]["n"]
+        n, mode = state.settings["samples"]["n"], state.settings["samples"].get("batch", "auto")
         todo: list[tuple[int, str]] = [] if state.status in store.FINISHED else [(0, parent_id)]
         for sample in read_samples(db, parent_id).samples[1:]:
             if sample.status not in store.FINISHED:  # committed and finished: never redone
                 todo.append((sample.index, sample.session_id or _new_sample(agent, state, sample)))
-        together = agent.model.parallel(len(todo)) if batch and len(todo) > 1 else None
+        batch = len(todo) > 1 and (mode == "on" or (mode == "auto" and len(todo) >= BATCH_AUTO_MIN))
+        together = agent.model.parallel(len(todo)) if batch else None
         if together is None:
             for index, sid in todo:
                 agent.run(sid, start(index, n, sid))

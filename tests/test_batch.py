@@ -119,7 +119,7 @@ def test_the_prompt_kv_is_evaluated_once_for_all_sequences(model):
 
 
 def test_a_batch_too_large_for_memory_is_refused_in_one_line_before_loading(tmp_path):
-    r = run_cli("solve", ROBE, "--samples", "8", "--n-ctx", "65536", "--db", str(tmp_path / "e.db"))
+    r = run_cli("solve", ROBE, "--samples", "8", "--batch", "on", "--n-ctx", "65536", "--db", str(tmp_path / "e.db"))
     err = r.stderr.decode()
     assert r.returncode == 2 and len(err.strip().splitlines()) == 1, err
     assert "8 sequences of 65,536 tokens" in err and "lower --samples or --n-ctx" in err
@@ -139,7 +139,7 @@ def _counts(db):
 
 def test_kill_9_mid_batch_then_resume_finishes_only_what_was_left(tmp_path):
     db = tmp_path / "edge.db"
-    args = ["solve", "Count from 1 to 40, one number a line, then give the total.", "--json", "--samples", "4",
+    args = ["solve", "Count from 1 to 40, one number a line, then give the total.", "--json", "--samples", "4", "--batch", "on",
             "--max-step-tokens", "24", "--max-steps", "10", "--db", str(db)]
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120

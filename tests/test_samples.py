@@ -53,10 +53,11 @@ def test_vote_majority_and_ties_go_to_greedy():
     assert (empty.winner, empty.votes, empty.agreement) == (None, 0, 0.0)
 
 
-def test_samples_vote_with_a_tie_goes_to_the_greedy_answer(tmp_path):
+@pytest.mark.parametrize("batch", ["off", "on"])  # one after another, or together (the batch's seam, scripted)
+def test_samples_vote_with_a_tie_goes_to_the_greedy_answer(tmp_path, batch):
     db = tmp_path / "edge.db"
     model = _script(tmp_path, {1: ["So \\boxed{4}."], 2: ["The answer is 4.0"], 3: ["It is \\boxed{3.0}"]})
-    report = _json(run_cli("solve", ROBE, "--json", "--model", model, "--samples", "4"))
+    report = _json(run_cli("solve", ROBE, "--json", "--model", model, "--samples", "4", "--batch", batch))
     s = report["samples"]
     assert s["answers"] == ["3", "4", "4.0", "3.0"] and s["votes"] == 2 and s["complete"]
     assert report["answer"] == s["winner"] == "3" and s["greedy_answer"] == "3"  # 2 vs 2: the greedy wins
@@ -96,9 +97,10 @@ def test_one_sample_is_a_plain_solve(tmp_path):
     assert "samples" not in one and len(_sessions(tmp_path / "b.db")) == 1
 
 
-def test_samples_reuse_the_prompt_kv_on_one_model(tmp_path):
+@pytest.mark.parametrize("batch", ["off", "on"])
+def test_samples_reuse_the_prompt_kv_on_one_model(tmp_path, batch):
     model = _script(tmp_path, {1: ["So \\boxed{4}."], 2: ["So \\boxed{3}."]})
-    report = _json(run_cli("solve", ROBE, "--json", "--model", model, "--samples", "3"))
+    report = _json(run_cli("solve", ROBE, "--json", "--model", model, "--samples", "3", "--batch", batch))
     conn = sqlite3.connect(tmp_path / "edge.db")
     first = {sid: conn.execute("SELECT tokens, evaluated FROM steps WHERE session_id = ? AND idx = 0", [sid]).fetchone()
              for sid in (x["session_id"] for x in report["samples"]["sessions"])}
@@ -230,3 +232,22 @@ def test_real_model_samples_share_the_prompt_kv(tmp_path):
                                        [x["session_id"]]).fetchone() for x in s["sessions"]]
     assert ge > gt + 20  # the greedy run evaluated the prompt
     assert se <= st + 1  # the sample kept it (the last prompt token is re-run for fresh logits)
+
+
+def test_batch_mode_is_checked_stored_and_kept_by_resume(tmp_path):
+    model = _script(tmp_path, {1: ["So \\boxed{4}."]})
+    proc = run_cli("solve", ROBE, "--model", model, "--samples", "2", "--batch", "sometimes")
+    assert proc.returncode == 2 and len(proc.stderr.decode().strip().splitlines()) == 1
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text('[solve]\nbatch = "always"\n')
+    proc = run_cli("solve", ROBE, "--model", model, "--samples", "2", env={"EDGE_AGENT_CONFIG": str(cfg)})
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and "solve.batch must be auto, on or off" in err, err
+    assert not (tmp_path / "edge.db").exists()
+    cfg.write_text('[solve]\nbatch = "on"\n')
+    report = _json(run_cli("solve", ROBE, "--json", "--model", model, "--samples", "2",
+                           env={"EDGE_AGENT_CONFIG": str(cfg)}))
+    conn = sqlite3.connect(tmp_path / "edge.db")
+    settings = json.loads(conn.execute("SELECT settings FROM sessions WHERE id = ?", [report["session_id"]]).fetchone()[0])
+    conn.close()
+    assert settings["samples"] == {"n": 2, "temperature": 0.7, "batch": "on"}  # what resume reads back

@@ -84,17 +84,21 @@ def _announce(renderer: Renderer | None, cb: Callbacks) -> Callable[[int, int, s
                    "(default 1, or [solve] samples).")
 @click.option("--sample-temperature", type=float, metavar="T",
               help="Temperature of solutions 2..N, each with its own seed (default 0.7).")
+@click.option("--batch", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="Decode the N solutions together in one llama.cpp batch (auto: from 8 on, where it pays; "
+                   "default auto, or [solve] batch).")
 @cloud_options
 @db_option
 @json_option
 def solve(problem: str, run: RunOptions, verbose: bool, step_cache: bool, samples: int | None,
-          sample_temperature: float | None, cloud: CloudOptions, db_path: str | None, as_json: bool) -> None:
+          sample_temperature: float | None, batch: str | None, cloud: CloudOptions, db_path: str | None,
+          as_json: bool) -> None:
     """Solve PROBLEM step by step ('-' reads it from stdin)."""
     run = replace(run, step_cache=step_cache)
     settings = run.settings()
     text = check_problem(read_problem(problem), run.n_ctx)
     cfg = load_config()
-    spec = SampleSpec.resolve(samples, sample_temperature, cfg)
+    spec = SampleSpec.resolve(samples, sample_temperature, cfg, batch)
     spec.check_context(run.n_ctx)
     label = policy_label(cfg, run.policy)
     agents = Agents.build(cfg, run, cloud, progress=join_progress())
