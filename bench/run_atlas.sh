@@ -18,7 +18,8 @@ source bench/cloud_local.sh
 out=${4:-bench/atlas/$name}
 mkdir -p "$out"
 cfg=$PWD/bench/atlas/config.toml
-printf '[cloud]\ntimeout_s = 600\nmax_retries = 0\ncontinuation = "on"\n' > "$cfg"
+# a long timeout: a build paused (SIGSTOP) while tests run must not time out its call in flight
+printf '[cloud]\ntimeout_s = 7200\nmax_retries = 0\ncontinuation = "on"\n' > "$cfg"
 EDGE_AGENT_CONFIG=$cfg edge-agent atlas build --dataset "$dataset" --limit "$limit" --max-k "$max_k" \
   --model qwen2.5-coder-0.5b --cloud openai:local --cloud-base-url "http://127.0.0.1:$port/v1" --out "$out"
 # the cloud reads each new trace and the branch its read flags (reads.jsonl; READS=0 skips)
