@@ -204,3 +204,58 @@ def _cloud_accuracy(db: Any, ids: set[str]) -> float:
     _, branches = store.atlas_rows(db)
     got = [int(b["correct"]) for b in branches if b["kind"] == "cloud_only" and b["problem_id"] in ids]
     return sum(got) / len(got) if got else 0.0
+
+
+@atlas.command("drafts")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+@limit_option
+@run_options("dataset")
+@click.option("--n", "n", default=5, show_default=True, type=click.IntRange(2, 64),
+              help="Drafts per problem: the greedy one and N-1 sampled.")
+@click.option("--sample-temperature", default=0.7, show_default=True, type=click.FloatRange(0.0, 5.0, min_open=True),
+              help="Temperature of drafts 2..N.")
+@click.option("--batch", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Decode a problem's drafts together in one llama.cpp batch (auto: from 8 drafts on).")
+@click.option("--report-only", is_flag=True, help="Draft nothing new: evaluate the drafts already kept.")
+@json_option
+def atlas_drafts(directory: str, limit: int | None, run: RunOptions, n: int, sample_temperature: float, batch: str,
+                 report_only: bool, as_json: bool) -> None:
+    """The edge drafts each atlas problem N times, then the vote policies are evaluated against the cloud alone."""
+    from cloud.pricing import lookup
+
+    from ..atlas_drafts import build_drafts, draft_rows
+    from ..samples import SampleSpec
+    from ..vote_eval import problems_of, report
+
+    out = Path(directory)
+    if not (out / ATLAS_DB).is_file():
+        raise InputError(f"no atlas in {directory}: build one with 'edge-agent atlas build --out {directory}'")
+    db = open_db(str(out / ATLAS_DB), create=False)
+    meta = store.atlas_meta(db)
+    spec = SampleSpec(n, sample_temperature, batch)
+    if not report_only:
+        run = replace(run, model=run.model or meta.get("edge", {}).get("name"),
+                      max_steps=meta.get("max_steps", run.max_steps),
+                      max_step_tokens=meta.get("max_step_tokens", run.max_step_tokens), step_cache=False)
+        spec.check_context(run.n_ctx)
+        agents = Agents.build(load_config(), run, CloudOptions(offline=True), progress=join_progress())
+        problems, _ = store.atlas_rows(db)
+        todo = [p for p in problems if p["status"] == "done"][:limit]
+        edge = agents.local()
+        store.set_atlas_meta(db, {f"drafts@{sample_temperature:g}": {"n": n, "batch": batch, "compute": edge.compute}})
+        with bench_progress(as_json) as bar:
+            task = bar.add_task("drafts", total=len(todo))
+            build_drafts(agents.agent("local-only", db), db, todo, run.settings(), spec,
+                         lambda pid: bar.update(task, advance=1, description=f"drafts {pid}"))
+    drafts = draft_rows(db, sample_temperature, n)
+    if not drafts:
+        raise InputError(f"no drafts in {directory} with --n {n} at --sample-temperature {sample_temperature:g} yet: "
+                         f"run 'edge-agent atlas drafts {directory} --n {n}' first")
+    _, branches = store.atlas_rows(db)
+    clouds = {b["problem_id"]: b for b in branches if b["kind"] == "cloud_only" and b["status"] == "done"}
+    cloud_name = str(meta.get("cloud", "openai:local")).partition(":")[2]
+    result = {"dir": directory, "n_drafts": n, "temperature": sample_temperature,
+              **report(problems_of(drafts, clouds, lookup(cloud_name) or lookup("local")))}
+    (out / f"vote_report_t{sample_temperature:g}_n{n}.json").write_text(json.dumps(result, indent=1) + "\n",
+                                                                        encoding="utf-8")
+    click.echo(json.dumps(result, indent=None if as_json else 1))
