@@ -20,7 +20,7 @@ from typing import Any
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-default-apps", "--mute-audio", "--remote-debugging-pipe", "--window-size=1200,1400"]
+         "--disable-default-apps", "--mute-audio", "--remote-debugging-pipe", "--window-size=1200,860"]
 KEYS = {"Enter": ("Enter", 13, "\r"), "Escape": ("Escape", 27, ""), "Tab": ("Tab", 9, "")}
 
 
