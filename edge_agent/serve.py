@@ -394,13 +394,13 @@ async def complete(worker: Worker, options: ServeOptions, body: dict[str, Any]) 
         problem = conversation_problem(body.get("messages"))
     except USER_ERRORS as e:
         raise ApiError(400, str(e), param="messages") from None
-    if not worker.admit():
-        raise ApiError(429, f"the local model is busy and {worker.limit - 1} request(s) already wait: retry "
-                            "later, or start serve with a larger --queue", type_="rate_limit_exceeded",
-                       code="rate_limit_exceeded", headers={"Retry-After": "5"})
     cap = request_cap(body, options.max_cost)
     meta = {**options.session_meta, "source": "serve", "model_id": model, **conversation_meta(body),
             **({"max_cost": cap} if cap is not None else {})}
+    if not worker.admit():  # the last check: from here on the job releases what this takes
+        raise ApiError(429, f"the local model is busy and {worker.limit - 1} request(s) already wait: retry "
+                            "later, or start serve with a larger --queue", type_="rate_limit_exceeded",
+                       code="rate_limit_exceeded", headers={"Retry-After": "5"})
     created = int(time.time())
     if body.get("stream"):
         return await _stream(worker, policy, problem, settings, meta, model, created)

@@ -512,3 +512,70 @@ def test_the_page_files_ship_with_the_package():
     files = [p.relative_to(root / "edge_agent").as_posix() for p in (root / "edge_agent" / "app").iterdir()]
     assert {"app/index.html", "app/app.js", "app/app.css"} <= set(files)
     assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files), files
+
+
+# -- the endpoints, by raw requests ---------------------------------------------------------------------------
+
+
+def post(served: Served, path: str, body: object, token: str | None = None) -> tuple[int, str]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    return get(served.base + path, headers, json.dumps(body).encode())
+
+
+ASK = {"model": "local-only", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"max_cost": "0.01"}, "max_cost"), ({"max_cost": -1}, "max_cost"), ({"max_cost": True}, "max_cost"),
+    ({"max_cost": SERVER_CAP * 2}, "max_cost"), ({"conversation_id": "../x"}, "conversation_id"),
+    ({"conversation_id": 7}, "conversation_id"),
+])
+def test_a_bad_cap_or_conversation_is_a_400_and_starts_nothing(app, extra, param):
+    sessions = len(app.rows("SELECT id FROM sessions"))
+    status, text = post(app, "/v1/chat/completions", {**ASK, **extra})
+    assert status == 400 and json.loads(text)["error"]["param"] == param, text
+    assert len(app.rows("SELECT id FROM sessions")) == sessions
+
+
+def test_refused_requests_leave_the_model_free(app):
+    """Every refusal above came before the request took its place in line: the line is empty again."""
+    for _ in range(6):  # more than --queue (4) + 1
+        assert post(app, "/v1/chat/completions", {**ASK, "max_cost": -1})[0] == 400
+    status, text = post(app, "/v1/chat/completions", ASK)
+    assert status == 200 and json.loads(text)["edge_agent"]["status"] == "done", text
+
+
+def test_resume_and_rollback_refuse_what_they_cannot_do(app):
+    sid = app.rows("SELECT id FROM sessions WHERE status = 'done' ORDER BY created_at LIMIT 1")[0]["id"]
+    steps = len(app.rows("SELECT id FROM steps"))
+    status, text = post(app, f"/app/api/sessions/{sid}/resume", {})
+    assert status == 400 and "finished" in json.loads(text)["error"]["message"], text
+    for body, param in (({"to": -1}, "to"), ({"to": "1"}, "to"), ({}, "to"), ({"to": 0, "temperature": 9}, "temperature")):
+        status, text = post(app, f"/app/api/sessions/{sid}/rollback", body)
+        assert status == 400 and json.loads(text)["error"]["param"] == param, text
+    status, text = post(app, f"/app/api/sessions/{sid}/rollback", {"to": 99})
+    assert status == 400 and "step" in json.loads(text)["error"]["message"], text
+    assert get(app.base + "/app/api/sessions/01NOSUCHSESSION")[0] == 404
+    assert post(app, "/app/api/sessions/01NOSUCHSESSION/resume", {})[0] == 400
+    assert get(app.base + "/app/nothing.js")[0] == 404
+    assert len(app.rows("SELECT id FROM steps")) == steps and not app.rows("SELECT * FROM rollbacks WHERE to_idx != 3")
+
+
+def test_the_state_is_the_ledger_and_the_breaker(app):
+    state = json.loads(get(app.base + "/app/api/state")[1])
+    cost = json.loads(run_cli("cost", "--json", "--db", str(app.db), env=_env(app.tmp)).stdout)
+    assert state["spend"]["today_usd"] == cost["today_usd"] and state["spend"]["month_usd"] == cost["month_usd"]
+    assert state["spend"]["caps_usd"] == cost["caps_usd"]
+    assert state["max_cost"] == SERVER_CAP and state["offline"] is False
+    assert state["cloud"]["name"] == "openai:m" and state["cloud"]["breaker"] == "closed"
+
+
+def test_the_apps_endpoints_need_the_token(hostile):
+    sid = "01NOSUCHSESSION"
+    for status in (get(hostile.base + "/app/api/state")[0], get(hostile.base + f"/app/api/sessions/{sid}")[0],
+                   post(hostile, f"/app/api/sessions/{sid}/resume", {})[0],
+                   post(hostile, f"/app/api/sessions/{sid}/rollback", {"to": 0})[0]):
+        assert status == 401
+    assert get(hostile.base + "/app/api/state", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    status, page = get(hostile.base + "/app")  # the page itself holds no data: it loads, then asks
+    assert status == 200 and 'content="edge-agent app"' in page
