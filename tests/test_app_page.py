@@ -579,3 +579,48 @@ def test_the_apps_endpoints_need_the_token(hostile):
     assert get(hostile.base + "/app/api/state", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
     status, page = get(hostile.base + "/app")  # the page itself holds no data: it loads, then asks
     assert status == 200 and 'content="edge-agent app"' in page
+
+
+def test_the_page_works_on_the_embedded_model_with_no_cloud(tmp_path):
+    """No cloud, no network, the real embedded model (smollm2-135m): the page solves and says it is offline."""
+    from edge_agent.cloud_local import free_port
+    from tests.cdp import Browser
+
+    flags = ["--model", "smollm2-135m", "--max-steps", "2", "--max-step-tokens", "24", "--n-ctx", "1024"]
+
+    port, log, db = free_port(), tmp_path / "embedded.log", tmp_path / "embedded.db"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "serve", *flags, "--db", str(db),
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=_env(tmp_path))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+            try:
+                if get(base + "/app")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        with Browser(*OFFLINE) as browser:
+            page = browser.page()
+            page.goto(base + "/app")
+            shown = page.wait("document.getElementById('cloud-state').textContent.startsWith('offline') &&"
+                              " document.getElementById('cloud-state').textContent")
+            assert shown == "offline: no cloud configured, every step is local"
+            ask(page, "What is 17 * 23?")
+            turn = done(page, 0, timeout=120)
+            reader = sqlite3.connect(db)
+            try:
+                steps = reader.execute("SELECT idx, author, text FROM steps WHERE session_id = ? ORDER BY idx",
+                                       [turn["sid"]]).fetchall()
+                status = reader.execute("SELECT status FROM sessions WHERE id = ?", [turn["sid"]]).fetchone()[0]
+            finally:
+                reader.close()
+            assert steps and turn["steps"] == [list(s) for s in steps] and {s[1] for s in steps} == {"local"}
+            assert turn["status"] == status != "running"
+            assert page.eval("location.origin") == base
+            urls = page.requests()
+            assert all(u.startswith(base + "/") for u in urls), urls
+    finally:
+        stop(proc)

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -30,7 +31,7 @@ NEEDS_SERVER = "serve needs FastAPI and uvicorn: pip install 'edge-agent[server]
 
 def serve_flags(f: Any) -> Any:
     """The flags ``serve`` and ``app`` share: the token, the model and its limits, the queue, the cloud, the DB."""
-    for option in reversed([
+    flags: list[Callable[[Any], Any]] = [
         click.option("--token", envvar="EDGE_AGENT_TOKEN",
                      help="Require 'Authorization: Bearer TOKEN' (env EDGE_AGENT_TOKEN)."),
         run_options("serve"),
@@ -38,8 +39,9 @@ def serve_flags(f: Any) -> Any:
                      help="Requests that may wait for the one local model; more get HTTP 429."),
         cloud_options,
         db_option,
-    ]):
-        f = option(f)
+    ]
+    for flag in reversed(flags):
+        f = flag(f)
     return f
 
 
