@@ -451,27 +451,53 @@ def test_a_hostile_cloud_model_name_shows_as_text(tmp_path):
 # -- the command line -----------------------------------------------------------------------------------------
 
 
+def launch(tmp: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """Run a launcher (``serve --open``, ``app``) with a browser command that fails: (process, the URL it printed)."""
+    import re
+
+    script = tmp / "script.json"
+    script.write_text(json.dumps(["\\boxed{1}"]))
+    log = tmp / "launch.log"
+    env = {**_env(tmp), "BROWSER": "false"}
+    env.pop("DISPLAY", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", *args, "--model", f"script:{script}",
+                                 "--db", str(tmp / "x.db")], stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 60
+    while not (m := re.search(r"could not open a browser: open (\S+) yourself", log.read_text(errors="replace"))):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            pytest.fail(log.read_text(errors="replace"))
+        time.sleep(0.1)
+    return proc, m[1]
+
+
 def test_serve_open_prints_the_url_when_no_browser_opens(tmp_path):
     from edge_agent.cloud_local import free_port
 
-    script = tmp_path / "script.json"
-    script.write_text(json.dumps(["\\boxed{1}"]))
-    port, log = free_port(), tmp_path / "open.log"
-    env = {**_env(tmp_path), "BROWSER": "false"}
-    env.pop("DISPLAY", None)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "serve", "--open", "--model",
-                                 f"script:{script}", "--db", str(tmp_path / "x.db"), "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    port = free_port()
+    proc, url = launch(tmp_path, "serve", "--open", "--port", str(port))
     try:
-        want = f"could not open a browser: open http://127.0.0.1:{port}/app yourself"
-        deadline = time.monotonic() + 60
-        while want not in log.read_text(errors="replace"):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-            time.sleep(0.1)
-        assert get(f"http://127.0.0.1:{port}/app")[0] == 200  # it was listening when it said so
+        assert url == f"http://127.0.0.1:{port}/app"
+        assert get(url)[0] == 200  # it was listening when it said so
     finally:
         stop(proc)
+
+
+def test_app_starts_a_serve_on_a_free_port_when_another_program_has_its_port(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc, url = launch(tmp_path, "app", "--port", str(port))
+        try:
+            assert url.startswith("http://127.0.0.1:") and url.endswith("/app") and f":{port}/" not in url
+            status, page = get(url)
+            assert status == 200 and 'content="edge-agent app"' in page
+        finally:
+            stop(proc)
 
 
 @pytest.mark.parametrize("args, words", [
