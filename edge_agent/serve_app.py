@@ -41,6 +41,7 @@ from .chat import turn_reply
 from .errors import InputError
 from .prompts import messages
 from .report import session_report, spend_summary
+from .samples import is_parent
 from .serve import (DEFAULT_MODEL, ApiError, Cancelled, ServeOptions, StepStream, Worker, check_auth, read_json,
                     stream_job)
 from .trace_page import attach, ordered
@@ -227,6 +228,9 @@ def continue_job(worker: Worker, options: ServeOptions, session_id: str, rollbac
         db = worker.make_agent(options.default_policy).db  # the worker's one connection
         sid = store.resolve_id(db, session_id)
         state = store.load_state(db, sid)
+        if is_parent(db, sid):
+            raise InputError(f"session {sid} is the vote of several samples: continue it with "
+                             f"'edge-agent resume {sid}'")
         agent = session_agent(worker, options, state)
         with store.session_lease(db, sid, purpose="rollback" if rollback else "run"):
             if rollback is None:
