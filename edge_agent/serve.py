@@ -20,7 +20,6 @@ import contextlib
 import hmac
 import json
 import logging
-import math
 import re
 import threading
 import time
@@ -52,7 +51,6 @@ DEFAULT_MODEL = "edge-agent"
 LEARNED_VERSION = re.compile(r"latest|v[0-9]{1,6}")
 MAX_BODY_BYTES = 1 << 20  # a problem is capped at 64 kB; a whole conversation gets some headroom
 SESSION_HEADER = "X-Edge-Agent-Session"
-CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -206,26 +204,6 @@ def request_settings(body: dict[str, Any], base: Settings) -> Settings:
         return replace(base, **changes)
     except USER_ERRORS as e:
         raise ApiError(400, str(e)) from None
-
-
-def request_cap(body: dict[str, Any], server_cap: float | None) -> float | None:
-    """``max_cost`` (extension): this session's cap in USD, never above the server's; None keeps the server's."""
-    cap = body.get("max_cost")
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap) or cap < 0):
-        raise ApiError(400, "'max_cost' must be a number of USD >= 0", param="max_cost")
-    if cap is not None and server_cap is not None and cap > server_cap:
-        raise ApiError(400, f"'max_cost' ${cap:g} is above this server's cap ${server_cap:g} (its --max-cost): "
-                            "ask for at most that", param="max_cost")
-    return None if cap is None else float(cap)
-
-
-def conversation_meta(body: dict[str, Any]) -> dict[str, Any]:
-    """``conversation_id`` (extension): the turns of one conversation are tagged as ``chat`` tags them."""
-    cid = body.get("conversation_id")
-    if cid is not None and not (isinstance(cid, str) and CONVERSATION_ID.fullmatch(cid)):
-        raise ApiError(400, "'conversation_id' must be 1 to 64 letters, digits, '-' or '_'", param="conversation_id")
-    turns = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
-    return {} if cid is None else {"conversation_id": cid, "turn": max(len(turns) - 1, 0)}
 
 
 def check_unsupported(body: dict[str, Any]) -> None:
@@ -394,6 +372,8 @@ async def complete(worker: Worker, options: ServeOptions, body: dict[str, Any]) 
         problem = conversation_problem(body.get("messages"))
     except USER_ERRORS as e:
         raise ApiError(400, str(e), param="messages") from None
+    from .serve_app import conversation_meta, request_cap  # the app's extensions; that module builds on this one
+
     cap = request_cap(body, options.max_cost)
     meta = {**options.session_meta, "source": "serve", "model_id": model, **conversation_meta(body),
             **({"max_cost": cap} if cap is not None else {})}

@@ -11,6 +11,8 @@ database and ledger as the CLI:
 - ``POST /app/api/sessions/ID/resume`` and ``.../rollback`` (``{"to": STEP}``): continue a stopped or crashed
   session on this server's model, streamed exactly as a completion is.
 
+The page's completions carry two extensions any client may send: ``max_cost`` (this session's cap, never
+above the server's) and ``conversation_id`` (the turns of one conversation, tagged as ``chat`` tags them).
 Stop needs no endpoint: the page drops the stream, which stops the solve at its next local token (as any
 client that leaves does). The files hold no data, so they need no token; every /app/api request does, as
 the API does (the page asks for it once and keeps it in the tab's sessionStorage). The browser guard
@@ -23,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -57,6 +60,7 @@ HEADERS = {  # this origin only, for everything; no inline script or style, no f
     "Cache-Control": "no-store",
 }
 UNFINISHED = 5  # how many unfinished sessions the page offers to resume
+CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @functools.cache
@@ -129,6 +133,30 @@ def rollback_request(body: dict[str, Any]) -> tuple[int, float]:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
         raise ApiError(400, "'temperature' must be a number between 0 and 2", param="temperature")
     return to, float(temperature)
+
+
+# -- the app's request extensions (POST /v1/chat/completions) --------------------------------------------
+
+
+def request_cap(body: dict[str, Any], server_cap: float | None) -> float | None:
+    """``max_cost`` (extension): this session's cap in USD, never above the server's; None keeps the server's."""
+    cap = body.get("max_cost")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap)
+                            or cap < 0):
+        raise ApiError(400, "'max_cost' must be a number of USD >= 0", param="max_cost")
+    if cap is not None and server_cap is not None and cap > server_cap:
+        raise ApiError(400, f"'max_cost' ${cap:g} is above this server's cap ${server_cap:g} (its --max-cost): "
+                            "ask for at most that", param="max_cost")
+    return None if cap is None else float(cap)
+
+
+def conversation_meta(body: dict[str, Any]) -> dict[str, Any]:
+    """``conversation_id`` (extension): the turns of one conversation are tagged as ``chat`` tags them."""
+    cid = body.get("conversation_id")
+    if cid is not None and not (isinstance(cid, str) and CONVERSATION_ID.fullmatch(cid)):
+        raise ApiError(400, "'conversation_id' must be 1 to 64 letters, digits, '-' or '_'", param="conversation_id")
+    turns = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
+    return {} if cid is None else {"conversation_id": cid, "turn": max(len(turns) - 1, 0)}
 
 
 # -- reading ----------------------------------------------------------------------------------------------

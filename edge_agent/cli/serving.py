@@ -1,4 +1,5 @@
-"""``serve``, ``app``, ``chat`` and ``cloud-local``: the agent behind an API, a page or a REPL, and a loopback stand-in cloud."""
+"""``serve``, ``app``, ``chat`` and ``cloud-local``: the agent behind an API, a page or a REPL, and a loopback
+stand-in cloud."""
 
 from __future__ import annotations
 
@@ -50,11 +51,13 @@ def serve_flags(f: Any) -> Any:
 @click.option("--port", default=8088, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
 @click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
               help="Also answer requests whose Host is NAME (repeatable); others get 403 (DNS-rebinding guard).")
-@click.option("--open", "open_page", is_flag=True, help="Open the app page (/app) in the default browser once listening.")
+@click.option("--open", "open_page", is_flag=True,
+              help="Open the app page (/app) in the default browser once listening.")
 @serve_flags
 def serve(host: str, port: int, allow_hosts: tuple[str, ...], open_page: bool, token: str | None, run: RunOptions,
           max_queue: int, cloud: CloudOptions, db_path: str | None) -> None:
-    """Serve the agent as an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models), the app page (GET /app) and trace pages (GET /)."""
+    """Serve the agent as an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models), the app page
+    (GET /app) and trace pages (GET /)."""
     if not is_loopback(f"http://{host}") and not token:
         raise InputError(f"--host {host} exposes the agent (and your cloud budget) beyond this machine: "
                          "pass --token as well")
@@ -72,7 +75,8 @@ def serve(host: str, port: int, allow_hosts: tuple[str, ...], open_page: bool, t
               help="Port on 127.0.0.1: an edge-agent serve already there is opened; if another program has it, "
                    "a free port is used.")
 @serve_flags
-def app(port: int, token: str | None, run: RunOptions, max_queue: int, cloud: CloudOptions, db_path: str | None) -> None:
+def app(port: int, token: str | None, run: RunOptions, max_queue: int, cloud: CloudOptions,
+        db_path: str | None) -> None:
     """Open the agent in the browser: the app page of a running 'serve', else a new one on 127.0.0.1 (serve --open)."""
     url = f"http://127.0.0.1:{port}/app"
     if serves_app(url):
@@ -140,7 +144,8 @@ def open_browser(url: str) -> bool:
 
     choice = os.environ.get("BROWSER")
     if not choice:
-        graphical = sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        graphical = (sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY")
+                     or os.environ.get("WAYLAND_DISPLAY"))
         return bool(graphical) and webbrowser.open(url)  # never a console browser over our own output
     for command in filter(None, choice.split(os.pathsep)):
         args = shlex.split(command)
