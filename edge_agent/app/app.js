@@ -87,13 +87,13 @@ async function refreshState() {
   const sp = s.spend, caps = sp.caps_usd;
   const line = (id, label, spent, cap) => {
     const node = $(id);
-    node.textContent = `${label} ${usd(spent)} of ${usdCap(cap)}`;
+    node.textContent = `${label} ${usd(spent)} ` + (cap === null || cap === undefined ? "(no cap)" : `of ${usdCap(cap)}`);
     node.classList.toggle("over", cap !== null && cap !== undefined && spent >= cap);
     node.dataset.spent = spent;
   };
   line("spend-today", "today", sp.today_usd, caps.day);
   line("spend-month", "this month", sp.month_usd, caps.month);
-  $("session-cap").textContent = `session cap ${usdCap(s.max_cost)}`;
+  $("session-cap").textContent = `session cap: ${s.max_cost === null ? "none" : usdCap(s.max_cost)}`;
   $("cap").placeholder = s.max_cost === null ? "no cap" : `≤ ${s.max_cost}`;
   const cloud = $("cloud-state");
   if (s.cloud === null) {
@@ -145,6 +145,7 @@ function newTurn(problem, sid) {
     el("div", { class: "you" }, el("span", { class: "who" }, "you"), el("pre", { class: "problem" }, problem)),
     turn.steps, turn.result);
   $("conversation").append(turn.node);
+  turn.node.scrollIntoView({ block: "nearest" });
   view.conversation.turns.push(turn);
   return turn;
 }
@@ -220,7 +221,9 @@ function liveStep(turn, ext, content) {
   }
   const s = { idx: ext.step, author: ext.author, kind: ext.kind, trigger: ext.trigger, text };
   turn.live.push(s);
-  turn.steps.append(stepNode(s));
+  const node = stepNode(s);
+  turn.steps.append(node);
+  node.scrollIntoView({ block: "nearest" });
   refreshSoon(turn);
 }
 
@@ -317,6 +320,7 @@ async function follow(turn, resp, controller) {
     setRunning(null);
     turn.live = [];
     await refresh(turn).catch((e) => notice(e.message));
+    turn.result.scrollIntoView({ block: "nearest" });
     refreshState().catch(() => {});
     // stopped: a paid cloud step may still commit after the stream is dropped, so look once more
     if (controller.signal.aborted) setTimeout(() => refresh(turn).catch(() => {}), 1000);
