@@ -145,7 +145,7 @@ class Chat:
                                f"{sid} (continue it with 'edge-agent resume {sid}')[/yellow]")
         else:
             r.summary(report)
-        turn = Turn(user, sid, _reply(report), report["status"], cancelled)
+        turn = Turn(user, sid, turn_reply(report), report["status"], cancelled)
         self.turns.append(turn)
         return turn
 
@@ -255,7 +255,7 @@ class Chat:
                 self.console.print("\nturn cancelled")
 
 
-def _reply(report: dict[str, Any]) -> str:
+def turn_reply(report: dict[str, Any]) -> str:
     """The assistant side of a finished turn, as later turns see it: the answer, else the last step."""
     if report["answer"] is not None:
         return f"The answer is {report['answer']}."

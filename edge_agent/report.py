@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import store
+from store import ledger
 
 from .samples import samples_block  # a parent's vote replaces its own answer; a sample names its parent
 from .state import load_state
@@ -99,4 +100,27 @@ def _usage(state: store.SessionState, calls: list[dict[str, Any]], replay: dict[
         # local steps replayed from the step cache, and the local seconds the run would have taken without it
         "replayed_steps": replay["replayed"],
         "would_be_local_s": replay["would_be_local_s"],
+    }
+
+
+def spend_summary(db: Any, budget: dict[str, Any], days: int) -> dict[str, Any]:
+    """Spend today, this month and in all, the caps of ``budget`` ([budget] in the config) and what they leave,
+    and the rows of the last ``days`` (``edge-agent cost``, and the app's money line)."""
+    s = ledger.spend(db)
+    caps = {"day": budget.get("max_cost_day"), "month": budget.get("max_cost_month"),
+            "session": budget.get("max_cost_session")}
+    days_seen = sorted({r["day"] for r in s["rows"]}, reverse=True)[:days]
+    left = lambda cap, spent: None if cap is None else max(cap - (spent + s["open_nusd"]) / 1e9, 0.0)  # noqa: E731
+    return {
+        "today_usd": s["today_nusd"] / 1e9,
+        "month_usd": s["month_nusd"] / 1e9,
+        "total_usd": s["total_nusd"] / 1e9,
+        "open_reservations_usd": s["open_nusd"] / 1e9,
+        # what the providers' usage claimed: above the booked figures only when an endpoint billed past a reservation
+        "claimed_usd": {"today": s["today_claimed_nusd"] / 1e9, "month": s["month_claimed_nusd"] / 1e9,
+                        "total": s["total_claimed_nusd"] / 1e9},
+        "overrun_calls": s["overrun_calls"],
+        "caps_usd": caps,
+        "remaining_usd": {"day": left(caps["day"], s["today_nusd"]), "month": left(caps["month"], s["month_nusd"])},
+        "rows": [r for r in s["rows"] if r["day"] in days_seen],
     }

@@ -68,6 +68,10 @@ class ServeOptions:
     open_db: Callable[[], Any] | None = None  # a new DB connection for the trace pages (GET /, /sessions/ID)
     host: str = "127.0.0.1"  # the bound address: with ``allow_hosts``, the Host values served (serve_guard)
     allow_hosts: tuple[str, ...] = ()
+    max_cost: float | None = None  # the server's session cap (USD, --max-cost or [budget]); a request may only lower it
+    budget: dict[str, Any] = field(default_factory=dict)  # [budget] of the config: the day and month caps the app shows
+    cloud: Any = None  # the cloud every agent shares (the app shows its name and its breaker), None without one
+    offline: bool = False  # started with --offline
 
 
 class ApiError(Exception):
@@ -266,6 +270,8 @@ def solve_job(worker: Worker, policy: str, problem: str, settings: Settings, met
     stream = stream or StepStream(lambda step, back: None, worker.stopping)
     try:
         agent = worker.make_agent(policy)
+        if meta.get("max_cost") is not None:  # this session's cap (a request's max_cost; stored, so resume keeps it)
+            agent.caps = replace(agent.caps, session_usd=meta["max_cost"])
         sid = agent.start(problem, settings, meta)  # the session and its settings in one transaction
         started(sid)
         try:
@@ -310,6 +316,9 @@ def create_app(make_agent: Callable[[str], Agent], options: ServeOptions) -> Fas
 
     if options.open_db is not None:
         register_trace_pages(app, options.token, options.open_db)
+        from .serve_app import register as register_app  # it builds on this module: imported once both exist
+
+        register_app(app, worker, options)
     return app
 
 
@@ -363,11 +372,15 @@ async def complete(worker: Worker, options: ServeOptions, body: dict[str, Any]) 
         problem = conversation_problem(body.get("messages"))
     except USER_ERRORS as e:
         raise ApiError(400, str(e), param="messages") from None
-    if not worker.admit():
+    from .serve_app import conversation_meta, request_cap  # the app's extensions; that module builds on this one
+
+    cap = request_cap(body, options.max_cost)
+    meta = {**options.session_meta, "source": "serve", "model_id": model, **conversation_meta(body),
+            **({"max_cost": cap} if cap is not None else {})}
+    if not worker.admit():  # the last check: from here on the job releases what this takes
         raise ApiError(429, f"the local model is busy and {worker.limit - 1} request(s) already wait: retry "
                             "later, or start serve with a larger --queue", type_="rate_limit_exceeded",
                        code="rate_limit_exceeded", headers={"Retry-After": "5"})
-    meta = {**options.session_meta, "source": "serve", "model_id": model}
     created = int(time.time())
     if body.get("stream"):
         return await _stream(worker, policy, problem, settings, meta, model, created)
@@ -384,7 +397,14 @@ async def complete(worker: Worker, options: ServeOptions, body: dict[str, Any]) 
 
 async def _stream(worker: Worker, policy: str, problem: str, settings: Settings, meta: dict[str, Any],
                   model: str, created: int) -> StreamingResponse:
-    """Start the job, wait for its session id (so it can go in the header), then relay steps as SSE."""
+    return await stream_job(worker, lambda on_start, stream: solve_job(worker, policy, problem, settings, meta,
+                                                                       on_start, stream), model, created)
+
+
+async def stream_job(worker: Worker, run: Callable[[Callable[[str], None], StepStream], tuple[dict[str, Any], int]],
+                     model: str, created: int) -> StreamingResponse:
+    """Start ``run(on_start, stream)`` on the worker (a solve, or the app's resume), wait for its session id (so
+    it can go in the header), then relay steps as SSE. The caller has admitted it; the run releases the worker."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     started: asyncio.Future[str] = loop.create_future()
@@ -397,7 +417,7 @@ async def _stream(worker: Worker, policy: str, problem: str, settings: Settings,
         loop.call_soon_threadsafe(lambda: started.done() or started.set_result(sid))
 
     stream = StepStream(lambda step, back: put("step", (step, back)), cancel, worker.stopping)
-    job = worker.run(solve_job, worker, policy, problem, settings, meta, on_start, stream)
+    job = worker.run(run, on_start, stream)
     job.add_done_callback(lambda f: put("done", f))
     await asyncio.wait([started, job], return_when=asyncio.FIRST_COMPLETED)
     if not started.done():  # the job ended before the session existed: a bad problem, or a load failure
@@ -439,14 +459,20 @@ async def _stream(worker: Worker, policy: str, problem: str, settings: Settings,
                              headers={SESSION_HEADER: sid, "Cache-Control": "no-cache"})
 
 
-def run_server(app: FastAPI, host: str, port: int) -> None:
+def run_server(app: FastAPI, host: str, port: int, on_ready: Callable[[], None] | None = None) -> None:
     """uvicorn, except that Ctrl-C also stops a running solve at its next token (its steps are committed):
-    uvicorn waits for open requests before shutdown, and a solve can take minutes."""
+    uvicorn waits for open requests before shutdown, and a solve can take minutes. ``on_ready`` runs on its own
+    thread once the socket listens (``serve --open`` opens the browser then)."""
     worker: Worker = app.state.worker
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             worker.stopping.set()
             super().handle_exit(sig, frame)
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if on_ready is not None and self.started:
+                threading.Thread(target=on_ready, name="edge-agent-open", daemon=True).start()
 
     Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()

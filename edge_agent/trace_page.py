@@ -200,7 +200,8 @@ def index_page(db: Any, limit: int, carry: str) -> str:
             f"<td class=\"num cloud-steps\">{u['cloud_steps']}</td><td class=\"num cost\">${u['cost_usd']:.6f}</td>"
             f"<td>{esc(s['policy'])}</td><td>{esc(short)}</td></tr>")
     table = f"<table>{head}{''.join(rows)}</table>" if rows else "<p>No sessions yet: run a solve.</p>"
-    return layout("edge-agent sessions", f"<h1>Sessions</h1><p class=\"meta\">newest first, at most {limit}</p>{table}")
+    return layout("edge-agent sessions", f"<h1>Sessions</h1><p class=\"meta\">newest first, at most {limit} · "
+                  f"<a class=\"app\" href=\"/app\">solve a problem in the app</a></p>{table}")
 
 
 # -- GET /sessions/{id} ---------------------------------------------------------------------------------------
@@ -271,28 +272,33 @@ def attach(items: Iterable[dict[str, Any]], rows: list[dict[str, Any]]
     return out, rest
 
 
-def timeline(rows: list[dict[str, Any]], rollbacks: list[dict[str, Any]], events: dict[str, list[dict[str, Any]]],
-             calls: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Active steps in order; each rollback, its superseded steps folded, just before the steps that replaced them."""
+def ordered(rows: list[dict[str, Any]], rollbacks: list[dict[str, Any]]
+            ) -> Iterable[tuple[dict[str, Any], list[dict[str, Any]] | None]]:
+    """Active steps in order as (step, None); each rollback as (rollback, the steps it superseded), just before
+    the steps that replaced them. The trace page and the app page (``serve_app``) both lay a session out so."""
     gone: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r["superseded_by"]:
             gone.setdefault(r["superseded_by"], []).append(r)
     active = sorted((r for r in rows if not r["superseded_by"]), key=lambda r: r["idx"])
     pending = list(rollbacks)
-    out = []
     for r in active:
         due = [rb for rb in pending if rb["to_idx"] <= r["idx"]]
         pending = [rb for rb in pending if rb["to_idx"] > r["idx"]]
-        out += [rollback_html(rb, gone, events, calls) for rb in due]
-        out.append(step_html(r, events.get(r["id"], []), calls.get(r["id"], [])))
-    out += [rollback_html(rb, gone, events, calls) for rb in pending]
-    return out
+        yield from ((rb, gone.get(rb["id"], [])) for rb in due)
+        yield r, None
+    yield from ((rb, gone.get(rb["id"], [])) for rb in pending)
 
 
-def rollback_html(rb: dict[str, Any], gone: dict[str, list[dict[str, Any]]], events: dict[str, list[dict[str, Any]]],
+def timeline(rows: list[dict[str, Any]], rollbacks: list[dict[str, Any]], events: dict[str, list[dict[str, Any]]],
+             calls: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Active steps in order; each rollback, its superseded steps folded, just before the steps that replaced them."""
+    return [step_html(item, events.get(item["id"], []), calls.get(item["id"], [])) if gone is None
+            else rollback_html(item, gone, events, calls) for item, gone in ordered(rows, rollbacks)]
+
+
+def rollback_html(rb: dict[str, Any], steps: list[dict[str, Any]], events: dict[str, list[dict[str, Any]]],
                   calls: dict[str, list[dict[str, Any]]]) -> str:
-    steps = gone.get(rb["id"], [])
     inner = "".join(step_html(r, events.get(r["id"], []), calls.get(r["id"], [])) for r in steps)
     return (f"<li class=\"rollback\" data-to=\"{rb['to_idx']}\" data-rollback=\"{esc(rb['id'])}\"><details>"
             f"<summary>⟲ rollback to step {rb['to_idx']} ({esc(rb['reason'])}): {len(steps)} superseded "

@@ -24,6 +24,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 # name -> (module, the first line of its help): 'edge-agent --help' lists commands without importing them.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "app": ("serving", "Open the agent in the browser: the app page of a running 'serve', else a new one on 127.0.0.1 (serve --open)."),
     "atlas": ("atlas", "The routing atlas: what one cloud step at each step would have done (build it, then report on it)."),
     "bench": ("tuning", "Run every problem under every policy; report accuracy, PGR, CPT, cloud tokens, cost and time."),
     "chat": ("serving", "Talk to the agent turn by turn; each turn is a session (/help lists the commands)."),
@@ -34,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "policies": ("inspecting", "List escalation policies with their parameters and defaults (config: [policy.NAME])."),
     "resume": ("solving", "Continue an unfinished session from its last committed step."),
     "rollback": ("solving", "Mark steps from --to on as superseded (they are kept) and regenerate from there."),
-    "serve": ("serving", "Serve the agent as an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models)."),
+    "serve": ("serving", "Serve the agent as an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models), the app page (GET /app) and trace pages (GET /)."),
     "sessions": ("inspecting", "List sessions, newest first."),
     "show": ("inspecting", "Print a session's full trace from the database."),
     "solve": ("solving", "Solve PROBLEM step by step ('-' reads it from stdin)."),

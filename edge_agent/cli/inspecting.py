@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 import store
-from store import ledger
 from triggers import POLICIES
 from triggers.policies import policy_parameters
 
@@ -20,7 +19,7 @@ from ..errors import InputError
 from ..factory import CloudOptions, open_db
 from ..presets import (BEST_PRESET, MODELS_EXTRA, PRESETS, default_model, default_note, ensure_preset, preset_status,
                        pulled_status, read_registry)
-from ..report import session_report
+from ..report import session_report, spend_summary
 from .options import cloud_options, db_option, json_option, model_default, model_option, verbose_option
 from .render import (join_progress, print_cost, print_doctor, print_models, print_policies, print_sessions,
                      print_trace)
@@ -130,28 +129,6 @@ def pull(spec: str, name: str | None, sha256: str | None, revision: str | None, 
     click.echo(f"use: edge-agent solve --model {record['name']} ...")
 
 
-def spend_summary(db: Any, cfg: Config, days: int) -> dict[str, Any]:
-    """Spend today, this month and in all, the caps and what they leave, and the rows of the last ``days``."""
-    s = ledger.spend(db)
-    caps = {"day": cfg.budget.get("max_cost_day"), "month": cfg.budget.get("max_cost_month"),
-            "session": cfg.budget.get("max_cost_session")}
-    days_seen = sorted({r["day"] for r in s["rows"]}, reverse=True)[:days]
-    left = lambda cap, spent: None if cap is None else max(cap - (spent + s["open_nusd"]) / 1e9, 0.0)  # noqa: E731
-    return {
-        "today_usd": s["today_nusd"] / 1e9,
-        "month_usd": s["month_nusd"] / 1e9,
-        "total_usd": s["total_nusd"] / 1e9,
-        "open_reservations_usd": s["open_nusd"] / 1e9,
-        # what the providers' usage claimed: above the booked figures only when an endpoint billed past a reservation
-        "claimed_usd": {"today": s["today_claimed_nusd"] / 1e9, "month": s["month_claimed_nusd"] / 1e9,
-                        "total": s["total_claimed_nusd"] / 1e9},
-        "overrun_calls": s["overrun_calls"],
-        "caps_usd": caps,
-        "remaining_usd": {"day": left(caps["day"], s["today_nusd"]), "month": left(caps["month"], s["month_nusd"])},
-        "rows": [r for r in s["rows"] if r["day"] in days_seen],
-    }
-
-
 @click.command()
 @click.option("--days", default=14, show_default=True, type=int, help="How many days of rows to show.")
 @db_option
@@ -159,7 +136,7 @@ def spend_summary(db: Any, cfg: Config, days: int) -> dict[str, Any]:
 def cost(days: int, db_path: str | None, as_json: bool) -> None:
     """Cloud spend by day, provider and model, with the caps in force and what is left."""
     db = open_db(db_path, create=False)
-    out = spend_summary(db, load_config(), days)
+    out = spend_summary(db, load_config().budget, days)
     if as_json:
         click.echo(json.dumps(out))
         return
