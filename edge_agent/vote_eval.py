@@ -9,7 +9,9 @@ Per problem the atlas holds N drafts (``atlas_drafts``) and the cloud alone (``c
   - ``random-handover(share)``: the same number of problems, picked at random (its exact expectation);
   - ``pass@N``: any draft right (an oracle, for reference).
 PGR = (H - S) / (L - S), L the cloud alone. Every difference gets a 90% bootstrap interval over problems.
-The problems are split in two halves by position: a design is chosen on ``select`` and claimed on ``claim``.
+PGR is also given against the vote, (H - V) / (L - V): what the cloud adds beyond free local votes. The
+problems are split by their position in the dataset: designs are chosen on 1-100 (``design``) and claimed on
+101-200 (``claim``), as issue 36 fixes it; ``all`` is every drafted problem, in-sample.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 
 from .atlas_drafts import Drafts
 
-SHARES = (0.10, 0.15, 0.25)
+SHARES = (0.10, 0.15, 0.25, 0.50)
+PARTS = {"design": (0, 100), "claim": (100, 200)}  # positions in the dataset: 1-100 and 101-200
 
 
 @dataclass(frozen=True)
@@ -32,17 +35,21 @@ class Problem:
     cloud_correct: bool
     cloud_out: int
     cloud_usd: float
+    position: int = 0  # 0-based, in the dataset the atlas was built from
+    local_s: float = 0.0  # wall time of the N drafts
 
 
-def problems_of(drafts: dict[str, Drafts], clouds: dict[str, dict[str, Any]], price: Any) -> list[Problem]:
-    """The problems that have both drafts and a cloud-only branch, in the atlas's order (by id)."""
+def problems_of(order: list[str], drafts: dict[str, Drafts], clouds: dict[str, dict[str, Any]], price: Any,
+                seconds: dict[str, float] | None = None) -> list[Problem]:
+    """The problems that have both drafts and a cloud-only branch, in ``order`` (the dataset's)."""
     out = []
-    for pid in sorted(drafts):
+    for pos, pid in enumerate(order):
         c = clouds.get(pid)
-        if c is None:
+        if c is None or pid not in drafts:
             continue
         usd = (c["cloud_in"] * price.input + c["cloud_out"] * price.output) / 1e6 if price else 0.0
-        out.append(Problem(pid, drafts[pid], bool(c["correct"]), int(c["cloud_out"]), usd))
+        out.append(Problem(pid, drafts[pid], bool(c["correct"]), int(c["cloud_out"]), usd, pos,
+                           (seconds or {}).get(pid, 0.0)))
     return out
 
 
@@ -71,6 +78,7 @@ def accuracies(ps: Sequence[Problem], share: float) -> dict[str, float]:
             "vote_handover": statistics.mean(gated), "random_handover": statistics.mean(vote) + len(handed) / n * gain,
             "pass_at_n": statistics.mean(float(any(p.drafts.correct)) for p in ps),
             "cloud": statistics.mean(float(p.cloud_correct) for p in ps), "handed": len(handed) / n,
+            "local_s": statistics.mean(p.local_s for p in ps),
             "share_tokens": sum(ps[i].cloud_out for i in handed) / (sum(p.cloud_out for p in ps) or 1),
             "share_usd": sum(ps[i].cloud_usd for i in handed) / (sum(p.cloud_usd for p in ps) or 1.0)}
 
@@ -113,24 +121,25 @@ def auroc_agreement(ps: Sequence[Problem]) -> float | None:
 
 
 def report(ps: Sequence[Problem], shares: Sequence[float] = SHARES) -> dict[str, Any]:
-    """The table for all problems and for the two halves (select: first half by position, claim: second)."""
-    half = len(ps) // 2
-    parts = {"all": list(ps), "select": list(ps[:half]), "claim": list(ps[half:])}
+    """The table for every drafted problem, and for the design (1-100) and claim (101-200) parts."""
+    parts = {"all": list(ps), **{name: [p for p in ps if lo <= p.position < hi] for name, (lo, hi) in PARTS.items()}}
     out: dict[str, Any] = {"n": len(ps), "parts": {}}
     for name, part in parts.items():
         if not part:
+            out["parts"][name] = {"n": 0}
             continue
         rows = []
         for share in shares:
             a = accuracies(part, share)
             row = {"share": share, **{k: round(v, 4) for k, v in a.items()},
                    **{f"pgr_{k}": _r(pgr(a[k], a["greedy"], a["cloud"]))
-                      for k in ("vote", "vote_handover", "random_handover", "pass_at_n")}}
-            if name != "select":
-                row["intervals"] = bootstrap(part, share)
+                      for k in ("vote", "vote_handover", "random_handover", "pass_at_n")},
+                   **{f"pgr_over_vote_{k}": _r(pgr(a[k], a["vote"], a["cloud"]))
+                      for k in ("vote_handover", "random_handover")},
+                   "intervals": bootstrap(part, share)}
             rows.append(row)
         out["parts"][name] = {"n": len(part), "auroc_agreement": _r(auroc_agreement(part)), "rows": rows,
-                              "all_differ": sum(1 for p in part if len({a for a in p.drafts.predicted}) == len(p.drafts.predicted))}
+                              "all_differ": sum(1 for p in part if len(set(p.drafts.predicted)) == len(p.drafts.predicted))}
     return out
 
 

@@ -90,7 +90,7 @@ def test_drafts_refuse_a_folder_without_an_atlas_or_drafts_in_one_line(tmp_path,
 
 def _p(i, agreement, winner_ok, cloud_ok, out=100, usd=1.0, greedy_ok=False, tokens=50):
     d = Drafts(f"p{i:02d}", ("x",), (greedy_ok,), (tokens,), (0.5,), "x", winner_ok, agreement)
-    return Problem(f"p{i:02d}", d, cloud_ok, out, usd)
+    return Problem(f"p{i:02d}", d, cloud_ok, out, usd, position=i)
 
 
 def test_handover_goes_to_the_least_agreed_within_the_share_in_tokens_and_in_usd():
@@ -104,11 +104,14 @@ def test_handover_goes_to_the_least_agreed_within_the_share_in_tokens_and_in_usd
     assert accuracies(ps, 0.05)["handed"] == 0.0  # nothing fits in 5%: nothing is handed
 
 
-def test_the_report_gives_intervals_on_the_claim_half():
-    ps = [_p(i, 0.2 + 0.1 * (i % 5), i % 3 == 0, i % 4 != 0, greedy_ok=i % 6 == 0) for i in range(30)]
+def test_the_report_splits_design_and_claim_by_dataset_position_with_intervals():
+    ps = [_p(i, 0.2 + 0.1 * (i % 5), i % 3 == 0, i % 4 != 0, greedy_ok=i % 6 == 0) for i in range(0, 240, 8)]
     r = report(ps)
-    assert r["n"] == 30 and r["parts"]["select"]["n"] == 15 and r["parts"]["claim"]["n"] == 15
-    assert "intervals" not in r["parts"]["select"]["rows"][0] and "intervals" in r["parts"]["claim"]["rows"][0]
+    assert r["n"] == 30 and r["parts"]["design"]["n"] == 13 and r["parts"]["claim"]["n"] == 12  # 0..96, 104..192
+    assert [row["share"] for row in r["parts"]["claim"]["rows"]] == [0.10, 0.15, 0.25, 0.50]
+    assert all("intervals" in row and row["share_usd"] <= row["share"] and row["share_tokens"] <= row["share"]
+               for part in ("design", "claim") for row in r["parts"][part]["rows"])
+    assert report(ps[:5])["parts"]["claim"] == {"n": 0}  # nothing to claim on: said, not invented
     iv = bootstrap(ps, 0.15, rounds=200)
     assert iv["gate_minus_random"]["low"] <= iv["gate_minus_random"]["high"]
     json.loads(json.dumps(r), parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))

@@ -251,11 +251,13 @@ def atlas_drafts(directory: str, limit: int | None, run: RunOptions, n: int, sam
     if not drafts:
         raise InputError(f"no drafts in {directory} with --n {n} at --sample-temperature {sample_temperature:g} yet: "
                          f"run 'edge-agent atlas drafts {directory} --n {n}' first")
-    _, branches = store.atlas_rows(db)
+    rows, branches = store.atlas_rows(db)
     clouds = {b["problem_id"]: b for b in branches if b["kind"] == "cloud_only" and b["status"] == "done"}
+    seconds = {b["problem_id"]: b["seconds"] or 0.0 for b in branches if b["kind"] == f"drafts@{sample_temperature:g}"}
     cloud_name = str(meta.get("cloud", "openai:local")).partition(":")[2]
+    order = [p["id"] for p in rows]  # the build's order: the dataset's
     result = {"dir": directory, "n_drafts": n, "temperature": sample_temperature,
-              **report(problems_of(drafts, clouds, lookup(cloud_name) or lookup("local")))}
+              **report(problems_of(order, drafts, clouds, lookup(cloud_name) or lookup("local"), seconds))}
     (out / f"vote_report_t{sample_temperature:g}_n{n}.json").write_text(json.dumps(result, indent=1) + "\n",
                                                                         encoding="utf-8")
     click.echo(json.dumps(result, indent=None if as_json else 1))
