@@ -73,6 +73,7 @@ def draft_of(db: Any, p: dict[str, str], parent: str) -> Drafts:
         raise InputError(f"drafts of {p['id']} (session {parent}) are not finished: run 'edge-agent atlas drafts' again")
     predicted, tokens, low = [], [], []
     for sample in s.samples:
+        assert sample.session_id is not None  # complete: every sample's session exists
         rep = session_report(db, sample.session_id, verbose=False)  # a parent's "answer" there is the vote's
         predicted.append(sample.answer if sample.answer is not None else fallback_answer(rep["steps"]))
         tokens.append(sum(x["tokens"] for x in rep["steps"]))

@@ -175,7 +175,8 @@ class ScriptedModel:
         copies = [ScriptedModel(self.script_path, n_ctx=self.n_ctx, seed=self.seed) for _ in range(n)]
         for m in copies:  # as in llama.cpp's batch, a prefix another copy holds is not evaluated again
             m._peers = copies
-        return _Copies(copies)
+        seqs: list[StepModel] = list(copies)
+        return _Copies(seqs)
 
     def close(self) -> None:
         self._kv = []
