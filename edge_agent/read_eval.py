@@ -61,8 +61,10 @@ def _usd(price: Any, b: dict[str, Any]) -> float:
 def verify_repair(p: Problem, tau: float, max_k: int, second_read: bool = True,
                   gate: float = 0.0) -> tuple[int, float, float]:
     """(correct, cloud output tokens, USD) of one problem under the policy. The trace is read (and paid for) only
-    when its length in tokens, a free local signal of a wrong trace, is at least ``gate``."""
-    if p.trace.n < gate:
+    when its length in tokens, a free local signal of a wrong trace, is at least ``gate``; ``tau`` infinite reads
+    nothing (no threshold fits the share: the first read alone would spend above it). A tie in trust keeps the
+    repair, as the live policy does (``triggers/verify_repair.py`` restores the draft only on a lower trust)."""
+    if p.trace.n < gate or tau == float("inf"):
         return p.correct, 0.0, 0.0
     usd = p.trace.cost_usd
     if p.trace.suspicion < tau:
@@ -74,13 +76,26 @@ def verify_repair(p: Problem, tau: float, max_k: int, second_read: bool = True,
     usd += step_usd
     if second_read and read is not None:
         usd += read.cost_usd
-        if read.trust <= p.trace.trust:
-            correct = p.correct  # the read trusts the edge's own finish more: keep it
+        if read.trust < p.trace.trust:
+            correct = p.correct  # the read trusts the edge's own finish more: restore it
     return correct, float(out), usd
 
 
 def _fold(pid: str) -> int:
     return zlib.crc32(pid.encode()) % FOLDS
+
+
+def cross_fit(problems: Sequence[Problem], choose: Any, apply: Any) -> list[Any]:
+    """``apply(param, p)`` for every problem, ``param = choose(train)`` set on the other folds only: no parameter
+    (tau, gate, k) ever sees the problem it is applied to. The results in the problems' order."""
+    out: dict[int, Any] = {}
+    for fold in range(FOLDS):
+        test = [i for i, p in enumerate(problems) if _fold(p.id) == fold]
+        if not test:
+            continue
+        param = choose([p for p in problems if _fold(p.id) != fold])
+        out.update({i: apply(param, problems[i]) for i in test})
+    return [out[i] for i in range(len(problems))]
 
 
 def _tau_for(train: Sequence[Problem], share: float, base: float, measure: int, max_k: int, second: bool,
@@ -136,39 +151,27 @@ def evaluate(problems: list[Problem], base: dict[str, float], local: float, clou
         unit = base["tokens"] if measure == 1 else base["usd"]
         for share in SHARES:
             row: dict[str, Any] = {"measure": name, "share": share}
-            for label, second in (("verify-repair", True), ("verify-repair, no second read", False)):
-                got = []
-                for fold in range(FOLDS):
-                    train = [p for p in problems if _fold(p.id) != fold]
-                    test = [p for p in problems if _fold(p.id) == fold]
-                    tau = _tau_for(train, share, unit, measure, max_k, second)
-                    got += [verify_repair(p, tau, max_k, second) for p in test]
+            def cell(got: Sequence[tuple[float, float]]) -> dict[str, float]:
                 acc = statistics.mean(g[0] for g in got)
-                row[label] = {"acc": round(acc, 4), "pgr": round((acc - local) / gap, 3),
-                              "spent": round(statistics.mean(g[measure] for g in got) / unit, 3)}
-            got = []
-            for fold in range(FOLDS):
-                train = [p for p in problems if _fold(p.id) != fold]
-                test = [p for p in problems if _fold(p.id) == fold]
-                gate, tau = _gated(train, share, unit, measure, max_k)
-                got += [verify_repair(p, tau, max_k, True, gate) for p in test]
-            acc = statistics.mean(g[0] for g in got)
-            row["verify-repair, length-gated read"] = {
-                "acc": round(acc, 4), "pgr": round((acc - local) / gap, 3),
-                "spent": round(statistics.mean(g[measure] for g in got) / unit, 3)}
+                return {"acc": round(acc, 4), "pgr": round((acc - local) / gap, 3),
+                        "spent": round(statistics.mean(g[1] for g in got) / unit, 3)}
+
+            for label, second in (("verify-repair", True), ("verify-repair, no second read", False)):
+                got = cross_fit(problems, lambda train: _tau_for(train, share, unit, measure, max_k, second),
+                                lambda tau, p: verify_repair(p, tau, max_k, second))
+                row[label] = cell([(g[0], g[measure]) for g in got])
+            got = cross_fit(problems, lambda train: _gated(train, share, unit, measure, max_k),
+                            lambda gt, p: verify_repair(p, gt[1], max_k, True, gt[0]))
+            row["verify-repair, length-gated read"] = cell([(g[0], g[measure]) for g in got])
             acc, spent = _mix(problems, lambda p: [b[:3] for b in p.branches.values()], share, unit, measure)
             row["random step"] = {"acc": round(acc, 4), "pgr": round((acc - local) / gap, 3), "spent": round(spent / unit, 3)}
-            accs, spends = [], []
-            for fold in range(FOLDS):
-                train = [p for p in problems if _fold(p.id) != fold]
-                test = [p for p in problems if _fold(p.id) == fold]
-                k = _fixed_k(train, max_k)
-                a, s = _mix(test, lambda p: [p.branches[k][:3]] if k in p.branches else [], share, unit, measure)
-                accs += [a] * len(test)
-                spends += [s] * len(test)
-            acc = statistics.mean(accs)
-            row["best fixed k"] = {"acc": round(acc, 4), "pgr": round((acc - local) / gap, 3),
-                                   "spent": round(statistics.mean(spends) / unit, 3)}
+            # the best fixed k: set on the other folds, escalated at random within the share on the held-out fold
+            by_fold = {f: [p for p in problems if _fold(p.id) == f] for f in range(FOLDS)}
+            mixed = cross_fit(problems, lambda train: _fixed_k(train, max_k),
+                              lambda k, p: _mix(by_fold[_fold(p.id)],
+                                                lambda q: [q.branches[k][:3]] if k in q.branches else [],
+                                                share, unit, measure))
+            row["best fixed k"] = cell(mixed)
             rows.append(row)
     return {"n": len(problems), "local": local, "cloud": cloud, "rows": rows, "auroc": aurocs(problems, max_k),
             "read_usd_share": round(statistics.mean(p.trace.cost_usd for p in problems) / (base["usd"] or 1e-12), 3)}
