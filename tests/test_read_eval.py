@@ -118,7 +118,7 @@ def test_the_length_gate_is_applied_where_it_was_chosen():
     row = next(r for r in out["rows"] if r["measure"] == "usd" and r["share"] == 0.15)
     assert row["verify-repair"]["spent"] == 0.0
     gated = row["verify-repair, length-gated read"]
-    assert gated["acc"] == 1.0 and 0.11 <= gated["spent"] <= 0.15
+    assert gated["acc"] >= 0.9 and 0.11 <= gated["spent"] <= 0.15  # a fold with more long traces than 40% stops early
 
 
 def test_a_tie_in_trust_keeps_the_repair_live_and_in_replay():
@@ -139,3 +139,27 @@ def test_a_tie_in_trust_keeps_the_repair_live_and_in_replay():
     policy.review(steps, "done", 0, draft)
     assert policy.review(steps, "done", 1, lower).kind == "restore"
     assert verify_repair(Problem("t", 0, draft, {1: (1, 30, 0.02, lower)}), 4.0, 4)[0] == 0
+
+
+def test_a_held_out_fold_spends_at_most_its_budget_in_order():
+    from edge_agent.read_eval import within
+
+    ids = _fold_ids(per_fold=3)
+    problems = [Problem(pid, 0, _read([1.0]), {}) for fold in ids.values() for pid in fold]
+    runs = [(1, 10.0, 0.5) for _ in problems]  # every run spends 10 tokens; the budget is 25 per problem... of 3
+    got = within(problems, runs, 1, 25.0 / 3)
+    for fold in ids.values():
+        mine = [g for p, g in zip(problems, got) if p.id in fold]
+        assert mine == [(1, 10.0, 0.5), (1, 10.0, 0.5), (0, 0.0, 0.0)]  # the third would pass 25: the edge's answer
+
+
+def test_a_tau_that_overspends_on_the_held_out_fold_is_held_to_the_share():
+    """Fold 0's repairs are dear, every other fold's cheap: tau set on the cheap folds would repair all of fold 0
+    at 10x the share. The row stays within its share; the held-out fold gets the edge's answers."""
+    ids = _fold_ids()
+    problems = [Problem(pid, 0, _read([0.0, 5.0], cost=0.0), {1: (1, 1000 if f == 0 else 1, 0.0, None)})
+                for f, fold in ids.items() for pid in fold]
+    out = evaluate(problems, {"tokens": 100.0, "usd": 1.0}, local=0.0, cloud=1.0, max_k=4)
+    for row in out["rows"]:
+        for label in ("verify-repair", "verify-repair, no second read", "verify-repair, length-gated read"):
+            assert row[label]["spent"] <= row["share"], (row["measure"], row["share"], label)
