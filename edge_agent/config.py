@@ -22,6 +22,7 @@
     samples = 5                    # self-consistency: N solutions, the majority answer wins (default 1)
     sample_temperature = 0.7       # temperature of samples 2..N (the first is greedy)
     batch = "auto"                 # decode the N solutions together in one llama.cpp batch: auto (N >= 8) | on | off
+    # handover_below = 0.6         # the cloud alone solves a problem whose vote agrees less (needs a cloud)
 
     [keys]                         # environment variables win over these
     openai = "sk-..."
@@ -52,7 +53,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "budget": {"max_cost_session": (int, float), "max_cost_day": (int, float), "max_cost_month": (int, float)},
     "keys": {"openai": str, "anthropic": str},
     "local": {"repack": str},
-    "solve": {"samples": int, "sample_temperature": (int, float), "batch": str},
+    "solve": {"samples": int, "sample_temperature": (int, float), "batch": str, "handover_below": (int, float)},
 }
 MAX_SAMPLES = 64  # solve --samples: each sample is a full solve on the local model
 PRICE_KEYS = {"input": (int, float), "output": (int, float), "cached_input": (int, float), "cache_write": (int, float)}
@@ -73,6 +74,7 @@ RULES: dict[tuple[str, str], tuple[str, Any]] = {
     ("solve", "samples"): (f"an integer from 1 to {MAX_SAMPLES}", lambda v: 1 <= v <= MAX_SAMPLES),
     ("solve", "sample_temperature"): ("a number > 0 and <= 5", lambda v: math.isfinite(v) and 0 < v <= 5),
     ("solve", "batch"): ("auto, on or off", lambda v: v in ("auto", "on", "off")),
+    ("solve", "handover_below"): ("an agreement share > 0 and <= 1", lambda v: math.isfinite(v) and 0 < v <= 1),
     **{("budget", k): _USD for k in SCHEMA["budget"]},
 }
 _TYPE_NAMES = {str: "a string", int: "an integer"}

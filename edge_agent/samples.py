@@ -49,8 +49,14 @@ class SampleSpec:
     n: int = 1
     temperature: float = DEFAULT_TEMPERATURE
     batch: str = "auto"  # decode the solutions together (edge_agent/batch.py): auto | on | off
+    handover_below: float | None = None  # the cloud alone solves a problem whose vote agrees less (handover.py)
 
     def __post_init__(self) -> None:
+        from .handover import check_threshold
+
+        object.__setattr__(self, "handover_below", check_threshold(self.handover_below))
+        if self.handover_below is not None and self.n < 2:
+            raise InputError("--handover-below needs a vote: add --samples N with N >= 2")
         if self.batch not in BATCH_MODES:
             raise InputError(f"--batch must be auto, on or off (got {str(self.batch)[:40]!r})")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or not 1 <= self.n <= MAX_SAMPLES:
@@ -59,12 +65,14 @@ class SampleSpec:
             raise InputError(f"--sample-temperature must be > 0 and <= 5 (got {self.temperature})")
 
     @classmethod
-    def resolve(cls, n: int | None, temperature: float | None, cfg: Config, batch: str | None = None) -> "SampleSpec":
-        """The flags, else ``[solve]`` in the config, else 1 solution at 0.7, batched from 8 on."""
+    def resolve(cls, n: int | None, temperature: float | None, cfg: Config, batch: str | None = None,
+                handover_below: float | None = None) -> "SampleSpec":
+        """The flags, else ``[solve]`` in the config, else 1 solution at 0.7, batched from 8 on, no handover."""
         return cls(n if n is not None else cfg.solve.get("samples", 1),
                    float(temperature if temperature is not None
                          else cfg.solve.get("sample_temperature", DEFAULT_TEMPERATURE)),
-                   batch if batch is not None else cfg.solve.get("batch", "auto"))
+                   batch if batch is not None else cfg.solve.get("batch", "auto"),
+                   handover_below if handover_below is not None else cfg.solve.get("handover_below"))
 
     def check_context(self, n_ctx: int) -> None:
         """Refuse, before anything loads, N solutions whose batch (N contexts of ``n_ctx``) is too large."""
@@ -75,7 +83,10 @@ class SampleSpec:
 
     def extra(self) -> dict[str, Any]:
         """What the parent stores in its settings (nothing for one solution: that is a plain solve)."""
-        return {"samples": {"n": self.n, "temperature": self.temperature, "batch": self.batch}} if self.n > 1 else {}
+        if self.n == 1:
+            return {}
+        below = {} if self.handover_below is None else {"handover_below": self.handover_below}
+        return {"samples": {"n": self.n, "temperature": self.temperature, "batch": self.batch, **below}}
 
 
 @dataclass(frozen=True)
@@ -171,8 +182,11 @@ def is_parent(db: Any, session_id: str) -> bool:
 
 def ensure_resumable(db: Any, session_id: str) -> None:
     """Refuse ``resume`` of a parent whose samples are all finished and whose vote is stored."""
+    from .handover import pending
+
     s = read_samples(db, session_id)
-    if s is not None and s.complete and store.sample_links(db, session_id)["agreement"] is not None:
+    agreement = store.sample_links(db, session_id)["agreement"]
+    if s is not None and s.complete and agreement is not None and not pending(db, session_id, agreement):
         raise store.SessionError(
             f"session {session_id} and its {s.n - 1} samples are already finished (vote {s.winner!r}, "
             f"agreement {s.agreement:.2f}): start a new solve"
@@ -284,11 +298,17 @@ def _new_sample(agent: Agent, parent: Any, sample: Sample) -> str:
 
 def samples_block(db: Any, state: Any) -> dict[str, Any]:
     """What a session's report adds: a parent's vote (its answer) and samples, or a sample's parent."""
+    from . import handover
+
     if "sample" in state.settings:
         parent = store.sample_links(db, state.id)["parent_id"]
         return {"sample_of": {"session_id": parent, "index": state.settings["sample"]}}
+    if state.settings.get("handover") is True:
+        return {"handover_of": {"session_id": store.sample_links(db, state.id)["parent_id"]}}
     s = read_samples(db, state.id) if state.settings.get("samples") else None
     if s is None:
         return {}
+    voted = store.sample_links(db, state.id)["agreement"] is not None
     return {"answer": s.winner,
-            "samples": {**s.to_dict(), "greedy_answer": state.answer, "total": store.sample_totals(db, state.id)}}
+            "samples": {**s.to_dict(), "greedy_answer": state.answer, "total": store.sample_totals(db, state.id)},
+            **(handover.block(db, state.id, s.winner, s.agreement if voted else None))}

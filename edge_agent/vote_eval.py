@@ -83,6 +83,18 @@ def accuracies(ps: Sequence[Problem], share: float) -> dict[str, float]:
             "share_usd": sum(ps[i].cloud_usd for i in handed) / (sum(p.cloud_usd for p in ps) or 1.0)}
 
 
+def handover_below(ps: Sequence[Problem], below: float) -> dict[str, Any]:
+    """``solve --samples N --handover-below A`` replayed: the vote, and the cloud alone wherever the agreement is
+    strictly below ``below`` (the live rule, ``handover.hands_over``); its accuracy and shares of cloud-only."""
+    from .handover import hands_over
+
+    handed = [hands_over(p.drafts.agreement, below) for p in ps]
+    acc = [float(p.cloud_correct) if h else float(p.drafts.winner_correct) for p, h in zip(ps, handed)]
+    return {"handed": handed, "accuracy": statistics.mean(acc) if acc else 0.0,
+            "share_tokens": sum(p.cloud_out for p, h in zip(ps, handed) if h) / (sum(p.cloud_out for p in ps) or 1),
+            "share_usd": sum(p.cloud_usd for p, h in zip(ps, handed) if h) / (sum(p.cloud_usd for p in ps) or 1.0)}
+
+
 def pgr(acc: float, s: float, l: float) -> float | None:
     return None if l == s else (acc - s) / (l - s)
 

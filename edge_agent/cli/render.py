@@ -67,6 +67,11 @@ class Renderer:
         self.console.print(f"[dim]\n✓ solution {index + 1}/{n} · sampled · session {session_id} · {result.status} · "
                            f"{answer}[/dim]")
 
+    def handover_start(self, agreement: float, cloud: bool) -> None:
+        """The vote agreed too little: the cloud alone solves the problem (or cannot, offline)."""
+        what = "the cloud solves it alone" if cloud else "no cloud now (offline): the vote stands"
+        self.console.print(f"[bold]══ handover · agreement {agreement:.2f} · {what}[/bold]")
+
     def trigger(self, event, action: str) -> None:
         """A badge when a trigger fires, with its numbers."""
         self.console.file.write("\n")
@@ -84,6 +89,8 @@ class Renderer:
             self.console.print(f"[bold yellow]No final answer ({status}).[/bold yellow]")
         if report.get("samples"):
             self.console.print(vote_line(report["samples"]), markup=False)
+        if report.get("handover"):
+            self.console.print(handover_line(report["handover"]), markup=False)
         rate = u["local_tokens"] / u["local_s"] if u["local_s"] else 0.0
         self.console.print(
             f"[dim]{u['local_steps']} local / {u['cloud_steps']} cloud steps · {u['local_tokens']} local tokens "
@@ -100,6 +107,17 @@ def vote_line(s: dict[str, Any]) -> str:
     spent = f" · all {s['n']}: {t['local_tokens']} local tokens, {t['wall_s']:.1f}s" if t else ""
     return (f"vote: {s['winner'] if s['winner'] is not None else 'none'} · {s['votes']}/{s['n']} agree "
             f"({s['agreement']:.2f}) · answers {shown}{spent}{left}")
+
+
+def handover_line(h: dict[str, Any]) -> str:
+    """``handover: agreement below 0.60 · the cloud answered 18 · session ... · $0.0002``."""
+    if not h["handed"]:
+        return f"handover: none · the vote agrees at or above {h['below']:.2f}"
+    if h["session_id"] is None:
+        return f"handover: due (agreement below {h['below']:.2f}), not run: continue with 'edge-agent resume'"
+    what = (f"the cloud answered {h['answer']}" if h["cloud_answered"] else
+            f"{h['status']}, no cloud answer: the vote stands")
+    return f"handover: agreement below {h['below']:.2f} · {what} · session {h['session_id']} · ${h['cost_usd']:.4f}"
 
 
 def join_progress() -> Callable[[int, int], None]:

@@ -19,6 +19,7 @@ from ..errors import InputError
 from ..factory import Agents, CloudOptions, RunOptions, agent_for_session, open_db, policy_label, session_meta
 from ..presets import resolve_model
 from ..report import session_report
+from ..handover import hands_over, run_handover, threshold
 from ..samples import SampleSpec, ensure_resumable, is_parent, run_samples
 from .options import cloud_options, db_option, json_option, run_options, verbose_option
 from .render import Renderer, join_progress
@@ -47,7 +48,12 @@ def run_session(agent: Agent, session_id: str | None, problem: str | None, setti
         session_id = agent.start(problem, settings, extra)  # the session and all its settings in one insert
     try:
         if is_parent(agent.db, session_id):  # solve --samples N: N sessions, then the vote
-            run_samples(agent, session_id, _announce(renderer, cb), done=renderer.sample_done if renderer else None)
+            voted = run_samples(agent, session_id, _announce(renderer, cb),
+                                done=renderer.sample_done if renderer else None)
+            if hands_over(voted.agreement, threshold(store.load_state(agent.db, session_id).settings)):
+                if renderer:
+                    renderer.handover_start(voted.agreement, agent.cloud is not None and not agent.offline)
+                run_handover(agent, session_id, voted.agreement, cb)
         else:
             agent.run(session_id, cb)
     except KeyboardInterrupt:
@@ -87,21 +93,27 @@ def _announce(renderer: Renderer | None, cb: Callbacks) -> Callable[[int, int, s
 @click.option("--batch", type=click.Choice(["auto", "on", "off"]), default=None,
               help="Decode the N solutions together in one llama.cpp batch (auto: from 8 on, where it pays; "
                    "default auto, or [solve] batch).")
+@click.option("--handover-below", type=float, metavar="A",
+              help="Vote first, then the cloud alone solves the problem if fewer than this share of the N "
+                   "solutions agree, e.g. 0.6 (needs --samples and a cloud; default off, or [solve] handover_below).")
 @cloud_options
 @db_option
 @json_option
 def solve(problem: str, run: RunOptions, verbose: bool, step_cache: bool, samples: int | None,
-          sample_temperature: float | None, batch: str | None, cloud: CloudOptions, db_path: str | None,
-          as_json: bool) -> None:
+          sample_temperature: float | None, batch: str | None, handover_below: float | None, cloud: CloudOptions,
+          db_path: str | None, as_json: bool) -> None:
     """Solve PROBLEM step by step ('-' reads it from stdin)."""
     run = replace(run, step_cache=step_cache)
     settings = run.settings()
     text = check_problem(read_problem(problem), run.n_ctx)
     cfg = load_config()
-    spec = SampleSpec.resolve(samples, sample_temperature, cfg, batch)
+    spec = SampleSpec.resolve(samples, sample_temperature, cfg, batch, handover_below)
     spec.check_context(run.n_ctx)
     label = policy_label(cfg, run.policy)
     agents = Agents.build(cfg, run, cloud, progress=join_progress())
+    if spec.handover_below is not None and (agents.cloud is None or agents.offline):
+        raise InputError("--handover-below hands problems to the cloud, and there is none: set --cloud "
+                         "PROVIDER:MODEL or [cloud] in the config, without --offline (or drop --handover-below)")
     resolve_model(run.model)  # a bad --model fails before the database is touched
     agent = agents.agent(label, open_db(db_path))
     extra = {**session_meta(cloud, agents.cloud), **spec.extra()}
