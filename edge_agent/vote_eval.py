@@ -95,6 +95,22 @@ def handover_below(ps: Sequence[Problem], below: float) -> dict[str, Any]:
             "share_usd": sum(p.cloud_usd for p, h in zip(ps, handed) if h) / (sum(p.cloud_usd for p in ps) or 1.0)}
 
 
+def thresholds(ps: Sequence[Problem]) -> list[dict[str, Any]]:
+    """``--handover-below A`` replayed at each agreement level the drafts take: what it hands over and spends."""
+    if not ps:
+        return []
+    greedy = statistics.mean(float(p.drafts.correct[0]) for p in ps)
+    cloud = statistics.mean(float(p.cloud_correct) for p in ps)
+    levels = sorted({round(p.drafts.agreement, 6) for p in ps} | {1.0})
+    out = []
+    for below in levels[1:] if len(levels) > 1 else levels:
+        h = handover_below(ps, below)
+        out.append({"below": below, "handed": round(sum(h["handed"]) / len(ps), 4), "accuracy": round(h["accuracy"], 4),
+                    "pgr": _r(pgr(h["accuracy"], greedy, cloud)), "share_tokens": round(h["share_tokens"], 4),
+                    "share_usd": round(h["share_usd"], 4)})
+    return out
+
+
 def pgr(acc: float, s: float, l: float) -> float | None:
     return None if l == s else (acc - s) / (l - s)
 
@@ -151,6 +167,7 @@ def report(ps: Sequence[Problem], shares: Sequence[float] = SHARES) -> dict[str,
                    "intervals": bootstrap(part, share)}
             rows.append(row)
         out["parts"][name] = {"n": len(part), "auroc_agreement": _r(auroc_agreement(part)), "rows": rows,
+                              "thresholds": thresholds(part),
                               "all_differ": sum(1 for p in part if len(set(p.drafts.predicted)) == len(p.drafts.predicted))}
     return out
 

@@ -100,6 +100,12 @@ def test_live_and_replay_hand_over_the_same_problems():
     assert [hands_over(p.drafts.agreement, 0.5) for p in ps] == got["handed"]
     assert got["accuracy"] == pytest.approx(1 / 3)  # a: the cloud's; b: the tie goes to the greedy 4, wrong; c: wrong
     assert got["share_tokens"] == pytest.approx(1 / 3) and got["share_usd"] == pytest.approx(1 / 3)
+    from edge_agent.vote_eval import thresholds
+
+    rows = {r["below"]: r for r in thresholds(ps)}  # each agreement level the drafts take, above the lowest
+    assert sorted(rows) == [0.5, 1.0]
+    assert rows[0.5]["handed"] == pytest.approx(1 / 3, abs=1e-4) and rows[1.0]["handed"] == pytest.approx(2 / 3, abs=1e-4)
+    assert rows[1.0]["accuracy"] == pytest.approx(2 / 3, abs=1e-4)  # a and b handed, both right in the cloud
 
 
 def test_a_cap_the_handover_cannot_pay_sends_nothing_and_the_vote_stands(tmp_path, fault_server):
