@@ -15,7 +15,7 @@ from .answer import extract_answer
 from .cloud_steps import CloudActions, parse_intervention, resolve_continuation
 from .errors import InputError
 from .prompts import messages
-from .review import Reviews, stored_review
+from .review import Reviews
 from .state import load_state
 from .values import Action, Step, TriggerEvent
 
@@ -168,9 +168,7 @@ class Agent(CloudActions, Reviews):
         r = _Run(session_id, state.problem, settings, list(state.steps), callbacks or Callbacks(),
                  continuation=state.settings.get("continuation") == "on")
         r.prompt = self.model.prompt_tokens(messages(state.problem))
-        r.review = stored_review(session_id, state.settings)
-        if r.review is not None and r.review["stage"] != "draft":  # the draft was finished: its review goes on
-            r.status, r.answer = r.review["status"], r.review["answer"]
+        self._resume_review(r, state.settings)
         self._steps_until_done(r)
         while self._review(r):  # a policy that reviews the finished draft sent it back to a step
             self._steps_until_done(r)

@@ -6,7 +6,9 @@ review has paid for is stored before it is used. The state lives in the session'
 
 - ``stage`` ``read``: the draft is finished (``status`` and ``answer`` are the draft's own) and is read next;
 - ``stage`` ``act``: the read is paid for and stored (``read``): the policy decides from it, after a crash too;
-- ``stage`` ``draft``: a repair is committed and the edge is finishing the repaired draft.
+- ``stage`` ``draft``: a repair is committed and the edge is finishing the repaired draft;
+- ``kept``: the draft before the repair, as the policy keeps it for its keep-or-restore decision (its read's
+  trust, the step repaired, its status, and the ids of its own steps from there, superseded by the repair).
 
 A call killed in flight left no reply: the ledger books it at its reservation (``reclaimed``) and the
 resumed review asks it again. A call whose reply arrived is never asked again.
@@ -20,6 +22,7 @@ from typing import Any
 import store
 from store import DamagedRow
 
+from .state import to_step
 from .values import Action, TriggerEvent
 
 STAGES = ("read", "act", "draft")
@@ -47,6 +50,14 @@ def read_from_json(data: dict[str, Any] | None) -> Any:
     return TraceRead.from_dict(data["trace"])
 
 
+def kept_to_json(kept: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A policy's ``kept_draft()`` as stored: its steps by id (they stay in the store, superseded)."""
+    if kept is None:
+        return None
+    return {"trust": kept["trust"], "at": kept["at"], "status": kept["status"],
+            "step_ids": [s.id for s in kept["steps"]]}
+
+
 def stored_review(session_id: str, settings: dict[str, Any]) -> dict[str, Any] | None:
     """The review a run left unfinished (None if there is none); a DamagedRow if it is not what was written."""
     state = settings.get("review")
@@ -62,6 +73,11 @@ def stored_review(session_id: str, settings: dict[str, Any]) -> dict[str, Any] |
         read_from_json(state.get("read"))
     except (KeyError, TypeError, ValueError, AttributeError):
         raise DamagedRow("sessions", key, "settings", "holds a review whose read is not what edge-agent wrote") from None
+    kept = state.get("kept")
+    if kept is not None and not (isinstance(kept, dict) and isinstance(kept.get("trust"), (int, float))
+                                 and isinstance(kept.get("at"), int) and isinstance(kept.get("status"), str)
+                                 and isinstance(kept.get("step_ids"), list)):
+        raise DamagedRow("sessions", key, "settings", "holds a review whose kept draft is not what edge-agent wrote")
     return state
 
 
@@ -74,6 +90,21 @@ class Reviews:
     _cloud_step: Any
     _commit: Any
     _finish: Any
+
+    def _resume_review(self, r: Any, settings: dict[str, Any]) -> None:
+        """Take up a review the last run left unfinished: the draft it reviews, and what the policy kept of it."""
+        r.review = stored_review(r.sid, settings)
+        if r.review is None:
+            return
+        if r.review["stage"] != "draft":  # the draft was finished: its review goes on
+            r.status, r.answer = r.review["status"], r.review["answer"]
+        kept, recall = r.review.get("kept"), getattr(self.policy, "recall", None)
+        if kept is not None and recall is not None:
+            rows = {row["id"]: row for row in store.load_steps(self.db, r.sid, include_superseded=True)}
+            if not all(i in rows for i in kept["step_ids"]):
+                raise DamagedRow("sessions", f"id {r.sid!r}", "settings", "holds a review whose kept steps are gone")
+            steps = [to_step(store.step_row(rows[i])) for i in kept["step_ids"]]
+            recall({"trust": kept["trust"], "at": kept["at"], "status": kept["status"], "steps": steps})
 
     def _review(self, r: Any) -> bool:
         """Offer the finished draft to a policy's ``review``; True if it rolled back to a step the cloud wrote."""
@@ -118,8 +149,9 @@ class Reviews:
         if written is None:  # the cloud could not (budget, error): the draft stands as it was
             self._end_review(r, (last, event, "cloud_failed"))
             return False
+        kept_draft = getattr(self.policy, "kept_draft", None)
         self._commit(r, written, events, rollback=action.at, rollback_reason=action.trigger,
-                     review={"stage": "draft"})
+                     review={"stage": "draft", "kept": kept_to_json(kept_draft() if kept_draft else None)})
         return True
 
     def _save_review(self, r: Any, state: dict[str, Any] | None) -> None:

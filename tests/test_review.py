@@ -147,8 +147,20 @@ def test_a_kill_during_the_review_is_resumed_and_no_answered_call_is_paid_again(
     assert expected["decisions"] == [("rewrite", 1), ("accept", 2)]  # read, repair, read the repair and keep it
     assert expected["answered"] == [("read", 2), ("rewrite_step", 1)]
     _, got = _resumed_after_kill(tmp_path, cloud, args, env, point)
-    got.pop("decisions"), expected.pop("decisions")
+    got.pop("decisions"), expected.pop("decisions")  # (item 7's test compares them)
     assert got == expected  # the same answer and steps; each answered call paid for once, the killed one booked
+
+
+@pytest.mark.parametrize("restore", [False, True], ids=["keep", "restore"])
+@pytest.mark.parametrize("point", ["repair", "second read"])
+def test_a_resumed_review_keeps_or_restores_exactly_as_an_uninterrupted_run(tmp_path, setup, point, restore):
+    cloud, args, env = setup(restore=restore)
+    expected = _uninterrupted(tmp_path, args, env)
+    assert expected["decisions"] == [("rewrite", 1), ("restore" if restore else "accept", 1 if restore else 2)]
+    kept = REPAIR if not restore else DRAFT[1]
+    assert [text for _, _, text in expected["steps"]] == [DRAFT[0], kept, DRAFT[2]]
+    _, got = _resumed_after_kill(tmp_path, cloud, args, env, point)
+    assert got == expected  # the same decision on the same grounds: the draft's trust outlived the process
 
 
 def test_ctrl_c_during_the_review_says_how_to_resume_and_that_works(tmp_path, setup):
