@@ -146,8 +146,8 @@ class Reviews:
         kept, r.steps = r.steps, r.steps[:pos]
         written = self._cloud_step(r, action.at, action.trigger, events)
         r.steps = kept
-        if written is None:  # the cloud could not (budget, error): the draft stands as it was
-            self._end_review(r, (last, event, "cloud_failed"))
+        if written is None:  # the cloud could not (budget, error): the draft stands, and why is stored with it
+            self._end_review(r, (last, event, "cloud_failed"), *((last, e, what) for e, what in events[1:]))
             return False
         kept_draft = getattr(self.policy, "kept_draft", None)
         self._commit(r, written, events, rollback=action.at, rollback_reason=action.trigger,

@@ -177,3 +177,24 @@ def test_ctrl_c_during_the_review_says_how_to_resume_and_that_works(tmp_path, se
     assert [(s["author"], s["text"]) for s in out["steps"]] == [("local", DRAFT[0]), ("cloud", REPAIR),
                                                                   ("local", DRAFT[2])]
     assert _db(tmp_path).execute("SELECT COUNT(*) FROM budget_reservations WHERE status = 'open'").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("fault", ["budget", "http_500"])
+def test_a_repair_the_cloud_cannot_make_leaves_the_draft_and_stores_why(tmp_path, setup, fault):
+    cloud, args, env = setup(restore=False)
+    if fault == "http_500":
+        cloud.status = 500
+    cap = ["--max-cost", "0.0004"] if fault == "budget" else []  # pays the read ($0.00024), not the repair's reservation
+    r = run_cli("solve", ROBE, *args, *cap, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-800:]
+    out = json.loads(r.stdout)
+    assert (out["status"], out["answer"]) == ("done", "5")
+    assert [(s["author"], s["text"]) for s in out["steps"]] == [("local", t) for t in DRAFT]  # the draft stands
+    assert [e["action"] for e in out["events"] if e["trigger"] == "verify_repair"] == ["cloud_failed"]
+    why = [e for e in out["events"] if e["detail"].get("purpose") == "rewrite_step"]
+    assert len(why) == 1, out["events"]
+    if fault == "budget":  # the refusal, with its scope and amounts (committed + needed against the cap)
+        assert why[0]["trigger"] == "budget_denied" and why[0]["detail"]["scope"] == "session"
+        assert why[0]["threshold"] == pytest.approx(0.0004) and why[0]["score"] > 0.0004
+    else:
+        assert why[0]["trigger"] == "cloud_unavailable" and why[0]["detail"]["kind"] == "http_500"
