@@ -198,3 +198,57 @@ def test_a_repair_the_cloud_cannot_make_leaves_the_draft_and_stores_why(tmp_path
         assert why[0]["threshold"] == pytest.approx(0.0004) and why[0]["score"] > 0.0004
     else:
         assert why[0]["trigger"] == "cloud_unavailable" and why[0]["detail"]["kind"] == "http_500"
+
+
+def _replay(chunks: list[dict]) -> str:
+    """The answer an SSE client shows: each step's text, a ``rollback_to`` k dropping the steps from k on."""
+    steps: list[tuple[int, str]] = []
+    for c in chunks:
+        ext = c.get("edge_agent") or {}
+        if ext.get("step") is None:
+            continue
+        if ext.get("rollback_to") is not None:
+            steps = [(i, t) for i, t in steps if i < ext["rollback_to"]]
+        steps.append((ext["step"], c["choices"][0]["delta"]["content"].lstrip("\n")))
+    return "\n\n".join(t for _, t in steps)
+
+
+@pytest.mark.parametrize("restore", [False, True], ids=["keep", "restore"])
+def test_a_streamed_review_shows_the_answer_the_whole_response_gives(tmp_path, setup, restore):
+    from cloud.client import make_cloud
+    from edge_agent.agent import Agent, Settings
+    from edge_agent.scripted import ScriptedModel
+    from edge_agent.serve import ServeOptions, create_app
+    from store import open_db
+    from tests.test_serve import _post, _start
+
+    cloud, args, _ = setup(restore=restore)
+    script = args[args.index("--model") + 1].removeprefix("script:")
+    made: dict = {}
+
+    def make_agent(policy):
+        if not made:  # on the worker thread, which owns the connection
+            made["db"] = open_db(tmp_path / "serve.db")
+        return Agent(ScriptedModel(script), made["db"], policy, cloud=make_cloud("openai:local", base_url=cloud.url))
+
+    options = ServeOptions(default_policy="verify-repair", resolve_policy=lambda spec: spec,
+                           settings=Settings(max_steps=6, max_step_tokens=64), has_cloud=True)
+    server, thread, base = _start(create_app(make_agent, options))
+    try:
+        body = {"model": "edge-agent", "messages": [{"role": "user", "content": ROBE}]}
+        status, _, whole = _post(f"{base}/chat/completions", json.dumps(body).encode())
+        assert status == 200, whole
+        text = whole["choices"][0]["message"]["content"]
+        assert text == "\n\n".join([DRAFT[0], DRAFT[1] if restore else REPAIR, DRAFT[2]])
+        import urllib.request
+
+        req = urllib.request.Request(f"{base}/chat/completions", json.dumps({**body, "stream": True}).encode(),
+                                     {"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            lines = r.read().decode().splitlines()
+        chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+        assert _replay(chunks) == text  # the replaced draft step is marked, so the client shows the same answer
+        assert chunks[-1]["edge_agent"]["answer"] == whole["edge_agent"]["answer"] == "5"
+    finally:
+        server.should_exit = True
+        thread.join(15)
