@@ -200,6 +200,20 @@ def test_a_repair_the_cloud_cannot_make_leaves_the_draft_and_stores_why(tmp_path
         assert why[0]["trigger"] == "cloud_unavailable" and why[0]["detail"]["kind"] == "http_500"
 
 
+def test_a_rollback_during_an_unfinished_review_starts_the_review_again(tmp_path, setup):
+    cloud, args, env = setup(restore=False)
+    killed = _interrupt_at(tmp_path, cloud, args, env, "read")
+    assert killed.returncode == -signal.SIGKILL
+    sid = _db(tmp_path).execute("SELECT id FROM sessions ORDER BY id DESC LIMIT 1").fetchone()[0]
+    back = run_cli("rollback", sid, "--to", "1", "--no-continue", env=env, timeout=60)
+    assert back.returncode == 0, back.stderr.decode()[-800:]
+    resumed = run_cli("resume", sid, "--json", env=env, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-800:]
+    out = json.loads(resumed.stdout)  # the edge wrote steps 1 and 2 again; the new draft was read and repaired
+    assert (out["status"], out["answer"]) == ("done", "5")
+    assert [s["text"] for s in out["steps"]] == [DRAFT[0], REPAIR, DRAFT[2]]
+
+
 def _replay(chunks: list[dict]) -> str:
     """The answer an SSE client shows: each step's text, a ``rollback_to`` k dropping the steps from k on."""
     steps: list[tuple[int, str]] = []
