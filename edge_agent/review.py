@@ -10,8 +10,9 @@ review has paid for is stored before it is used. The state lives in the session'
 - ``kept``: the draft before the repair, as the policy keeps it for its keep-or-restore decision (its read's
   trust, the step repaired, its status, and the ids of its own steps from there, superseded by the repair).
 
-A call killed in flight left no reply: the ledger books it at its reservation (``reclaimed``) and the
-resumed review asks it again. A call whose reply arrived is never asked again.
+A reply is stored as soon as it is settled (a read in this state, a repair as its step), and a stored reply
+is never asked for again. A call killed in flight left no reply: the ledger books it at its reservation
+(``reclaimed``) and the resumed review asks it again.
 """
 
 from __future__ import annotations
