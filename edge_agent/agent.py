@@ -15,6 +15,7 @@ from .answer import extract_answer
 from .cloud_steps import CloudActions, parse_intervention, resolve_continuation
 from .errors import InputError
 from .prompts import messages
+from .review import Reviews
 from .state import load_state
 from .values import Action, Step, TriggerEvent
 
@@ -91,7 +92,7 @@ class RunResult:
     new_steps: list[Step] = field(default_factory=list)
 
 
-class Agent(CloudActions):
+class Agent(CloudActions, Reviews):
     """Solves a problem step by step on the local model; the policy decides where the cloud helps.
 
     Control always returns to the local model after a cloud action.
@@ -167,6 +168,7 @@ class Agent(CloudActions):
         r = _Run(session_id, state.problem, settings, list(state.steps), callbacks or Callbacks(),
                  continuation=state.settings.get("continuation") == "on")
         r.prompt = self.model.prompt_tokens(messages(state.problem))
+        self._resume_review(r, state.settings)
         self._steps_until_done(r)
         while self._review(r):  # a policy that reviews the finished draft sent it back to a step
             self._steps_until_done(r)
@@ -191,62 +193,6 @@ class Agent(CloudActions):
                 if self._cloud_first(r, pre, events):
                     continue
             self._local_step(r, context, room, events, check=pre.kind == "accept")
-
-    def _review(self, r: "_Run") -> bool:
-        """Offer the finished draft to a policy's ``review``; True if it rolled back to a step the cloud wrote."""
-        review = getattr(self.policy, "review", None)
-        if review is None or r.status == "running":
-            return False
-        # the rewrites earlier reviews made: their cloud steps may be superseded since, but they were paid for
-        sent_back = sum(1 for e in store.events(self.db, r.sid) if e["action"] == "rewrite"
-                        and '"review"' in (e.get("detail") or ""))
-        if getattr(self.policy, "wants_read", False):
-            events_read: list = []
-            read = self.read_draft(r.sid, r.problem, r.prompt, r.steps, events_read)
-            for ev, what in events_read:
-                store.log_event(self.db, r.sid, r.steps[-1].index if r.steps else 0, ev, what)
-            action = review(r.steps, r.status, sent_back, read)
-        else:
-            action = review(r.steps, r.status, sent_back)
-        if action.trigger is None:
-            return False
-        if action.kind == "restore":
-            self._restore(r, action)
-            return False
-        event = TriggerEvent(action.trigger, action.kind != "accept", action.score, action.threshold,
-                             detail={"review": r.status, "reason": action.reason, "step": action.at,
-                                     **(action.detail or {})})
-        last = r.steps[-1].index if r.steps else 0
-        if action.kind != "rewrite" or action.at is None:
-            store.log_event(self.db, r.sid, last, event, "accept")
-            return False
-        pos = next(i for i, s in enumerate(r.steps) if s.index == action.at)
-        events: list = [(event, "rewrite")]
-        kept, r.steps = r.steps, r.steps[:pos]
-        written = self._cloud_step(r, action.at, action.trigger, events)
-        if written is None:  # the cloud could not (budget, error): the draft stands as it was
-            r.steps = kept
-            store.log_event(self.db, r.sid, last, event, "cloud_failed")
-            return False
-        r.steps = kept
-        self._commit(r, written, events, rollback=action.at, rollback_reason=action.trigger)
-        return True
-
-    def _restore(self, r: "_Run", action: Action) -> None:
-        """Put the draft's own steps back from ``action.at`` on (the read trusted them more than the repair)."""
-        kept = list(getattr(self.policy, "restore_steps", []))
-        event = TriggerEvent(action.trigger or "policy", True, action.score, action.threshold,
-                             detail={"review": r.status, "reason": action.reason, "step": action.at})
-        if not kept:
-            return
-        pos = next(i for i, s in enumerate(r.steps) if s.index == action.at)
-        r.steps = r.steps[:pos]
-        for n, old in enumerate(kept):
-            step = replace(old, id=None, trigger=action.trigger if n == 0 else old.trigger)
-            self._commit(r, step, [(event, "restore")] if n == 0 else [],
-                         rollback=action.at if n == 0 else None, rollback_reason=action.trigger if n == 0 else None)
-        if r.status == "running":  # the draft had ended without an answer (its status is the policy's to tell)
-            self._finish(r, getattr(self.policy, "restore_status", "ended"))
 
     def _cloud_first(self, r: "_Run", pre: Action, events: list) -> bool:
         """The policy wants the cloud before any local draft. True if the cloud wrote something."""
@@ -393,27 +339,38 @@ class Agent(CloudActions):
                      price_out=price.output if price is not None else None)
 
     def _commit(self, r: "_Run", step: Step, events: list, *, evaluated: int = 0, rollback: int | None = None,
-                would_be_s: float | None = None, rollback_reason: str = "intervention") -> None:
-        """One transaction: the step (the new checkpoint), its events, the session status."""
-        if step.author == "cloud" and r.cb.step_start:
+                would_be_s: float | None = None, rollback_reason: str = "intervention",
+                review: dict[str, Any] | None = None, final: bool = False, notify: bool = True) -> None:
+        """One transaction: the step (the new checkpoint), its events, the session status.
+
+        ``review``: the review's new state; ``final``: the step ends the review (see ``_stored``)."""
+        if notify and step.author == "cloud" and r.cb.step_start:
             r.cb.step_start(step.index, "cloud")
             if r.cb.text:
                 r.cb.text(step.text)
         answer = extract_answer(step.text) if step.kind != "plan" else None  # a plan tells what to do, it never ends a solve
         status = "done" if answer is not None else {"eos": "ended", "context": "context_full"}.get(step.finish, "running")
-        store.commit_step(self.db, r.sid, step, evaluated=evaluated, events=events, status=status, answer=answer,
-                          rollback_reason=rollback_reason if rollback is not None else None, would_be_s=would_be_s)
+        shown, shown_answer, changes = self._stored(r, status, answer, review, final)
+        step_id = store.commit_step(self.db, r.sid, step, evaluated=evaluated, events=events, status=shown,
+                                    answer=shown_answer, rollback_reason=rollback_reason if rollback is not None else None,
+                                    would_be_s=would_be_s, settings=changes)
+        step = replace(step, id=step_id)  # a review may keep it, and a resumed review finds it by its id
         if rollback is not None:
             r.steps = r.steps[:rollback]
         r.steps.append(step)
         r.new.append(step)
         r.status, r.answer = status, answer
-        if r.cb.step_end:
+        if changes:
+            r.review = changes["review"]
+        if notify and r.cb.step_end:
             r.cb.step_end(step)
 
-    def _finish(self, r: "_Run", status: str) -> None:
+    def _finish(self, r: "_Run", status: str, *, final: bool = False) -> None:
+        shown, answer, changes = self._stored(r, status, r.answer, None, final)
+        store.set_status(self.db, r.sid, shown, answer, settings=changes)
         r.status = status
-        store.set_status(self.db, r.sid, status)
+        if changes:
+            r.review = changes["review"]
 
 
 @dataclass
@@ -430,6 +387,7 @@ class _Run:
     status: str = "running"
     answer: str | None = None
     continuation: bool = False  # cloud steps continue the edge's turn (off after a provider refused it)
+    review: dict[str, Any] | None = None  # a review in progress, as stored (edge_agent.review)
 
     def context(self) -> list[int]:
         tokens = list(self.prompt)

@@ -229,8 +229,10 @@ class StepRelay:
             return
         if self.next_index == 0:
             sep = ""
-        elif step.index < self.next_index:  # an intervention rolled back: what was shown from here on is gone
+        elif step.index < self.next_index and step.author == "cloud":  # what was shown from here on is gone
             sep = f"\n\n[the cloud reviewed the steps and rolled back to step {step.index}; it continues:]\n\n"
+        elif step.index < self.next_index:  # a review put the draft's own steps back in place of a repair
+            sep = f"\n\n[rolled back to step {step.index}: the draft's own steps are put back:]\n\n"
         else:
             sep = "\n\n"
         self.next_index = step.index + 1

@@ -256,7 +256,9 @@ class StepStream:
         step, self.pending = self.pending, None
         if step is None:
             return
-        back = step.index if step.kind == "intervention" and step.index < self.next_index else None
+        # a step below one already sent replaces what was sent from there on (an intervention's rollback, a
+        # review's repair or restore): the client is told, so it shows what the whole response would
+        back = step.index if step.index < self.next_index else None
         self.next_index = step.index + 1
         self.emit(step, back)
 

@@ -207,6 +207,7 @@ def commit_step(
     answer: str | None = None,
     rollback_reason: str | None = None,
     would_be_s: float | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> str:
     """Write one accepted step with its events and the session's new status in one transaction.
 
@@ -214,6 +215,7 @@ def commit_step(
     ``rollback_reason``, active steps at or after ``step.index`` are superseded in the same
     transaction (an intervention that replaces a wrong step), so no crash can leave half a rollback.
     ``would_be_s``: the step was replayed from the step cache, and computing it took that long.
+    ``settings``: changes to the session's settings that hold from this step on (a review's state).
     """
     step_id = step.id or new_id()
     ts = now()
@@ -246,6 +248,8 @@ def commit_step(
         for event, action in events:
             record_event(db, session_id, step.index, event, action)
         db["sessions"].update(session_id, {"status": status, "answer": answer, "updated_at": ts})
+        if settings:
+            update_settings(db, session_id, settings)
     return step_id
 
 
@@ -272,10 +276,14 @@ def record_event(db: Database, session_id: str, step_idx: int, event: EventLike,
     )
 
 
-def set_status(db: Database, session_id: str, status: str, answer: str | None = None) -> None:
+def set_status(db: Database, session_id: str, status: str, answer: str | None = None,
+               settings: dict[str, Any] | None = None) -> None:
+    """The session's status (and ``settings`` changes, such as a review's state) in one transaction."""
     with write_txn(db):
         check_writer(db, session_id)
         db["sessions"].update(session_id, {"status": status, "answer": answer, "updated_at": now()})
+        if settings:
+            update_settings(db, session_id, settings)
 
 
 def update_settings(db: Database, session_id: str, changes: dict[str, Any]) -> dict[str, Any]:
@@ -394,6 +402,9 @@ def rollback_to(db: Database, session_id: str, to_idx: int, reason: str = "user"
         with write_txn(db):
             rid = _supersede(db, session_id, to_idx, reason)
             db["sessions"].update(session_id, {"status": "running", "answer": None, "updated_at": now()})
+            row = db.execute("SELECT settings FROM sessions WHERE id = ?", [session_id]).fetchone()
+            if session_settings(session_id, row[0]).get("review"):  # a review in progress read the superseded steps
+                update_settings(db, session_id, {"review": None})
     return rid
 
 

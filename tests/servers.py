@@ -197,3 +197,73 @@ class _FaultHandler(_Handler):
         except OSError:  # the client gave up: what the test wants
             pass
         self.close_connection = True
+
+
+class ReadingCloud(_Server):
+    """A deterministic cloud that reads as well as writes (``verify-repair`` against a scripted local model).
+
+    A read (``/completions`` with ``echo``) gets one log-prob per token id, chosen by the text the ids spell
+    (the scripted model's ids are UTF-8 bytes + 3): a token in a paragraph holding a ``marks`` key gets its
+    value, a token after a paragraph holding ``after[0]`` gets ``after[1]``, any other token -0.01. A chat call
+    gets ``reply``. ``hold_at("read" | "chat", n)``: the n-th such request from now on (1-based) waits until
+    ``release`` is set, so a test can kill its client while the call holds an open reservation.
+    """
+
+    def __init__(self, reply: str, marks: dict[str, float] | None = None, after: tuple[str, float] | None = None):
+        self.reply, self.marks, self.after = reply, dict(marks or {}), after
+        self.hold: set[tuple[str, int]] = set()
+        self.release = threading.Event()
+        self.counts = {"read": 0, "chat": 0}
+        self.status = 200  # a chat call answers this (500: a failing cloud)
+        self._lock = threading.Lock()
+        super().__init__(_ReadingHandler)
+
+    def hold_at(self, kind: str, n: int) -> None:
+        with self._lock:
+            self.counts = {"read": 0, "chat": 0}
+            self.hold = {(kind, n)}
+            self.release.clear()
+
+    def logprobs(self, ids: list[int]) -> list[float | None]:
+        out: list[float | None] = []
+        seen_after = False
+        for para in bytes(max(t - 3, 0) for t in ids).split(b"\n\n"):
+            text = para.decode("utf-8", errors="replace")
+            lp = next((v for k, v in self.marks.items() if k in text), None)
+            if lp is None:
+                lp = self.after[1] if seen_after else -0.01
+            out.extend([lp] * len(para) + [-0.01, -0.01])  # the paragraph, then its blank line
+            seen_after = seen_after or (self.after is not None and self.after[0] in text)
+        out = out[: len(ids)]
+        out[0] = None
+        return out
+
+
+class _ReadingHandler(_Handler):
+    def do_POST(self):
+        owner = self.server.owner
+        body = self._body()
+        kind = "chat" if self.path.endswith("/chat/completions") else "read"
+        with owner._lock:
+            owner.counts[kind] += 1
+            held = (kind, owner.counts[kind]) in owner.hold
+        if held:
+            owner.release.wait(120)
+        try:
+            if kind == "chat":
+                if owner.status != 200:
+                    return self._send(owner.status, {"error": {"message": "boom", "type": "server_error"}})
+                return self._send(200, _completion(owner.reply))
+            if not isinstance(body.get("prompt"), list):
+                return self._send(400, {"error": {"message": "a read sends token ids", "type": "invalid_request_error"}})
+            ids = [int(t) for t in body["prompt"]]
+            lps = owner.logprobs(ids)
+            self._send(200, {
+                "id": "cmpl-read", "object": "text_completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "text": "", "finish_reason": "length", "logprobs": {
+                    "tokens": [chr(max(t - 3, 32)) for t in ids], "token_logprobs": lps,
+                    "text_offset": list(range(len(ids))), "top_logprobs": None}}],
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": 0, "total_tokens": len(ids)},
+            })
+        except OSError:  # the client was killed while the call was held: what the test wanted
+            pass

@@ -260,3 +260,30 @@ def test_ctrl_c_keeps_the_committed_steps_and_says_how_to_resume(tmp_path, llm_c
     session = _session(sid)
     assert session["status"] == "running" and [s["text"] for s in session["steps"]] == [STEPS[0]]
     assert json.loads(llm_cli("logs", "--json", "-n", "0").stdout or "[]") == []
+
+
+@pytest.mark.parametrize("restore", [False, True], ids=["keep", "restore"])
+def test_a_reviewed_draft_reads_as_the_session_ends_streamed_or_not(tmp_path, llm_cli, monkeypatch, restore):
+    """verify-repair replaces a step already shown: the output says so, and reads as the session's final steps."""
+    import re
+
+    from tests.servers import ReadingCloud
+    from tests.test_review import DISTRUSTED, DRAFT, REPAIR, WRONG
+
+    server = ReadingCloud(REPAIR, marks=WRONG, after=DISTRUSTED if restore else None)
+    try:
+        _cloud_config(tmp_path, server, monkeypatch)
+        args = ["-m", "edge-agent", "-o", "model", _script(tmp_path, DRAFT), "-o", "policy", "verify-repair", PROBLEM]
+        streamed, whole = llm_cli(*args), llm_cli("--no-stream", *args)
+    finally:
+        server.close()
+    assert streamed.returncode == whole.returncode == 0, streamed.stderr + whole.stderr
+    assert streamed.stdout == whole.stdout
+    shown: list[str] = []
+    for part in streamed.stdout.strip().split("\n\n")[:-1]:  # the last line is the answer line
+        back = re.fullmatch(r"\[.*rolled back to step (\d+).*\]", part)
+        shown = shown[: int(back[1])] if back else shown + [part]
+    final = _session(_last_log(llm_cli)["response_json"]["session_id"])
+    assert shown == [s["text"] for s in final["steps"]] == [DRAFT[0], DRAFT[1] if restore else REPAIR, DRAFT[2]]
+    marks = [p for p in streamed.stdout.split("\n\n") if p.startswith("[")]
+    assert len(marks) == 1 + restore and ("the draft's own steps are put back" in marks[-1]) == restore

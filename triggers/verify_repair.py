@@ -44,6 +44,15 @@ class VerifyRepair(BasePolicy):
         self.restore_steps: list[Step] = []  # what the agent puts back on a "restore"
         self.restore_status = "ended"
 
+    def kept_draft(self) -> dict[str, Any] | None:
+        """The draft before the last repair: its read's ``trust``, the step repaired (``at``), its ``steps`` from
+        there and its ``status``. The agent stores it, so that a resumed review decides as an uninterrupted one."""
+        return getattr(self, "_pending", None)
+
+    def recall(self, draft: dict[str, Any] | None) -> None:
+        """Take back what ``kept_draft`` said before the run ended."""
+        self._pending = draft
+
     def review(self, steps: Sequence[Step], status: str, sent_back: int = 0, read: Any = None) -> Action:
         pending, self._pending = getattr(self, "_pending", None), None
         if read is None:
