@@ -31,8 +31,9 @@ def load_dataset(path: Path, limit: int | None = None) -> list[dict[str, str]]:
                     continue
                 try:
                     row = json.loads(line)
-                except ValueError:
-                    raise InputError(f"{path}:{n} is not JSON: each line must be an object with id, problem, answer") from None
+                except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
+                    raise InputError(f"{path}:{n} is not JSON (or nests too deeply): each line must be an object "
+                                     "with id, problem, answer") from None
                 if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k]
                                                         for k in ("id", "problem", "answer")):
                     raise InputError(f"{path}:{n} lacks id, problem or answer (strings)")
@@ -210,7 +211,7 @@ class Bench:
             if line.strip():
                 try:
                     r = json.loads(line)
-                except ValueError:  # a line cut by a kill mid-write is simply redone
+                except (ValueError, RecursionError):  # a line cut by a kill mid-write is simply redone
                     continue
                 rows[(r["policy"], r["id"])] = r
         return rows

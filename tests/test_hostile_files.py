@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import ROBE, run_cli
 from tests.test_damaged import one_line
 
 HOSTILE = ("nested", "fifo", "dev-zero", "directory")
@@ -74,3 +74,46 @@ def test_a_hostile_pulled_models_registry_lists_no_pulled_model_with_one_warning
     assert len(lines) == 1 and "pulled.json" in lines[0] and "move it aside" in lines[0], err
     # a pull, which rewrites the registry, refuses it before downloading anything
     one_line(run_cli("models", "pull", "org/repo/tiny.gguf", env=env, timeout=60), "pulled.json", "move it aside")
+
+
+# -- item 13: bad input that ended in a traceback or a hang ---------------------------------------------------
+
+
+def test_solve_from_a_closed_stdin_is_one_line(tmp_path):
+    r = subprocess.run(f"exec {sys.executable} -m edge_agent.cli solve - --model {_script(tmp_path)} <&-",
+                       shell=True, capture_output=True, timeout=60)
+    one_line(r, "stdin", "closed")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["sessions", "--limit", "99999999999999999999"], "--limit"),
+    (["serve", "--port", "-1"], "--port"),
+    (["serve", "--port", "70000"], "--port"),
+    (["cloud-local", "--port", "-1"], "--port"),
+])
+def test_out_of_range_numbers_are_one_line(tmp_path, args, needle):
+    assert run_cli("solve", ROBE, "--model", _script(tmp_path), "--max-steps", "1").returncode == 0
+    one_line(run_cli(*args, timeout=60), needle, "range")
+
+
+def test_a_dataset_line_nested_100k_deep_is_one_line(tmp_path):
+    data = tmp_path / "deep.jsonl"
+    data.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    one_line(run_cli("bench", "--dataset", str(data), "--policies", "local-only", "--model", _script(tmp_path),
+                     "--out", str(tmp_path / "out"), timeout=60), "deep.jsonl:1", "nests too deeply")
+
+
+@pytest.mark.parametrize("nest", ["[", "{a = "])
+def test_a_config_nested_5000_deep_is_one_line(tmp_path, nest):
+    cfg = tmp_path / "deep.toml"
+    cfg.write_text("[solve]\nsamples = " + nest * 5000 + ("]" if nest == "[" else "}") * 5000 + "\n")
+    r = run_cli("solve", ROBE, "--model", _script(tmp_path), env={"EDGE_AGENT_CONFIG": str(cfg)}, timeout=60)
+    one_line(r, "deep.toml", "too deeply")
+    assert not (tmp_path / "edge.db").exists()
+
+
+def test_a_config_that_is_a_fifo_is_one_line_not_a_hang(tmp_path):
+    cfg = tmp_path / "fifo.toml"
+    os.mkfifo(cfg)
+    r = run_cli("solve", ROBE, "--model", _script(tmp_path), env={"EDGE_AGENT_CONFIG": str(cfg)}, timeout=60)
+    one_line(r, "fifo.toml", "FIFO")

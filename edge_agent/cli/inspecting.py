@@ -25,8 +25,12 @@ from .render import (join_progress, print_cost, print_doctor, print_models, prin
                      print_trace)
 
 
+MAX_LIMIT = 1_000_000_000  # SQLite's LIMIT takes 64 bits; more sessions than this is "all" anyway
+
+
 @click.command()
-@click.option("--limit", default=30, show_default=True, type=int, help="How many sessions to list.")
+@click.option("--limit", default=30, show_default=True, type=click.IntRange(0, MAX_LIMIT),
+              help="How many sessions to list.")
 @db_option
 @json_option
 def sessions(limit: int, db_path: str | None, as_json: bool) -> None:

@@ -31,7 +31,14 @@ def read_problem(problem: str) -> str:
         except UnicodeEncodeError:
             raise InputError("the problem is not valid UTF-8 text: pass it as UTF-8") from None
         return problem
-    data = sys.stdin.buffer.read()
+    if sys.stdin is None:  # started with stdin closed (`solve - <&-`): Python then has no sys.stdin at all
+        raise InputError("'-' reads the problem from stdin, which is closed: pipe the problem in, or pass it as "
+                         "an argument")
+    try:
+        data = sys.stdin.buffer.read()
+    except OSError as e:  # a stdin that cannot be read (EBADF, EIO)
+        raise InputError(f"cannot read the problem from stdin ({e.strerror or e}): pipe the problem in, or pass "
+                         "it as an argument") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
