@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import strict_json
 from .errors import InputError
 from .report import session_report
 
@@ -250,7 +251,7 @@ class Bench:
 def write_reports(out: Path, results: list[dict], summaries: list[Summary], meta: dict) -> dict[str, Path]:
     paths = {"json": out / "results.json", "csv": out / "results.csv", "png": out / "accuracy_vs_cloud_tokens.png"}
     meta = {**meta, "cpt": {f"{int(x * 100)}%": cpt(summaries, x) for x in (0.5, 0.8, 0.95)}}
-    paths["json"].write_text(json.dumps({"meta": meta, "summary": [asdict(s) for s in summaries], "results": results}, indent=1))
+    paths["json"].write_text(strict_json.dumps({"meta": meta, "summary": [asdict(s) for s in summaries], "results": results}, indent=1))
     with open(paths["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(asdict(summaries[0])))
         w.writeheader()

@@ -41,7 +41,7 @@ from .factory import uses_cloud
 from .prompts import messages
 from .report import session_report
 from .serve_guard import BrowserGuard, HostRule
-from .serve_wire import chunk, completion, finish_reason, sse, summary, usage
+from .serve_wire import StrictJSONResponse, chunk, completion, finish_reason, sse, summary, usage
 from .trace_page import register as register_trace_pages
 from .values import Step
 
@@ -84,7 +84,7 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return StrictJSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 class Cancelled(Exception):
@@ -296,7 +296,8 @@ def create_app(make_agent: Callable[[str], Agent], options: ServeOptions) -> Fas
         yield
         worker.close()  # lets a running request finish its step and commit
 
-    app = FastAPI(title="edge-agent", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title="edge-agent", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
+                  default_response_class=StrictJSONResponse)  # a dict an endpoint returns: strict JSON too
     app.state.worker = worker
     app.add_middleware(BrowserGuard, hosts=HostRule.bound_to(options.host, options.allow_hosts))
 
@@ -391,7 +392,7 @@ async def complete(worker: Worker, options: ServeOptions, body: dict[str, Any]) 
     except USER_ERRORS as e:
         status = 500 if sid_box else 400  # before the session existed it is the request's fault
         raise ApiError(status, str(e), type_="server_error" if sid_box else "invalid_request_error") from None
-    return JSONResponse(completion(report, prompt_tokens, model, created),
+    return StrictJSONResponse(completion(report, prompt_tokens, model, created),
                         headers={SESSION_HEADER: report["session_id"]})
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import sys
 from collections.abc import Callable
@@ -13,6 +12,7 @@ import click
 
 import store
 
+from .. import strict_json
 from ..agent import Agent, Callbacks, Settings, check_problem
 from ..config import load_config
 from ..errors import InputError
@@ -64,7 +64,7 @@ def run_session(agent: Agent, session_id: str | None, problem: str | None, setti
         sys.exit(130)
     report = session_report(agent.db, session_id, verbose=True)
     if as_json:
-        click.echo(json.dumps(report, ensure_ascii=False))
+        click.echo(strict_json.dumps(report, ensure_ascii=False))
     else:
         renderer.summary(report)
 
@@ -163,7 +163,7 @@ def rollback(session_id: str, to_step: int, temperature: float, no_continue: boo
         if no_continue:
             report = session_report(db, sid)
             if as_json:
-                click.echo(json.dumps({**report, "rollback_id": rid}, ensure_ascii=False))
+                click.echo(strict_json.dumps({**report, "rollback_id": rid}, ensure_ascii=False))
             else:
                 click.echo(f"rolled back {sid} to step {to_step} (rollback {rid}); continue with 'edge-agent resume {sid}'")
             return
