@@ -69,8 +69,10 @@ def load_json(path: Path, limit: int = LIMIT) -> Any:
 _warned: set[str] = set()
 
 
-def warn_once(message: str) -> None:
-    """One line on stderr (through logging, so ``serve`` logs it as it logs the rest), once per process."""
-    if message not in _warned:
-        _warned.add(message)
+def warn_once(message: str, once: str | None = None) -> None:
+    """One line on stderr (through logging, so ``serve`` logs it as it logs the rest), once per process for each
+    ``once`` key (default: the message itself)."""
+    key = message if once is None else once
+    if key not in _warned:
+        _warned.add(key)
         logging.getLogger("edge_agent").warning(message)
