@@ -31,6 +31,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from triggers import POLICIES, parse_spec
 
@@ -145,10 +146,15 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if length.isdigit() and int(length) > limit:
         raise too_big
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise too_big
+    try:
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise too_big
+    except ClientDisconnect:  # nobody is left to answer: one line for the operator, no traceback
+        log.info("client hung up after %d bytes of the body of %s %s; nothing was done", len(body),
+                 request.method, request.url.path)
+        raise ApiError(400, "the client hung up before sending the whole body") from None
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
