@@ -264,3 +264,55 @@ def test_a_damaged_atlas_row_is_named_by_the_report(tmp_path, sql, table, column
     one_line(run_cli("atlas", "report", str(out)), f"damaged database row: {table} ", f"column {column}",
              "atlas build")
     assert _digest(out / "bench.db") == before
+
+
+# -- issue 32, item 11: damaged sample rows (solve --samples) -----------------------------------------------
+
+
+@pytest.fixture
+def sampled(tmp_path):
+    """A finished parent with two samples (scripted model), and a plain session beside them:
+    (db path, parent id, sample 1's id, the plain session's id)."""
+    script = tmp_path / "s.json"
+    script.write_text(json.dumps({"steps": ["Blue takes 2 bolts.", "In all \\boxed{3}."],
+                                  "when": [{"seed": 1, "steps": ["So \\boxed{4}."]},
+                                           {"seed": 2, "steps": ["It is \\boxed{3}."]}]}))
+    proc = run_cli("solve", ROBE, "--model", f"script:{script}", "--samples", "3", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(proc.stdout)
+    plain = run_cli("solve", ROBE, "--model", f"script:{script}", "--json")
+    assert plain.returncode == 0, plain.stderr.decode()
+    sample1 = report["samples"]["sessions"][1]["session_id"]
+    return tmp_path / "edge.db", report["session_id"], sample1, json.loads(plain.stdout)["session_id"]
+
+
+SAMPLE_DAMAGE = {  # name -> (UPDATE of the row, whose row it is: "parent" or "sample", what the line says)
+    "a sample's settings not JSON": ("UPDATE sessions SET settings = '{sample: 1' WHERE id = ?", "sample",
+                                     "is not JSON"),
+    "a sample's settings a list": ("UPDATE sessions SET settings = '[1]' WHERE id = ?", "sample", "not a JSON object"),
+    "samples a list": ("UPDATE sessions SET settings = json_set(settings, '$.samples', json('[3, 0.7]')) WHERE id = ?",
+                       "parent", "holds samples"),
+    "samples.n a string": ("UPDATE sessions SET settings = json_set(settings, '$.samples.n', '3') WHERE id = ?",
+                           "parent", "samples.n"),
+    "samples.temperature a string": ("UPDATE sessions SET settings = json_set(settings, '$.samples.temperature', "
+                                     "'hot') WHERE id = ?", "parent", "samples.temperature"),
+    "samples.n 10^9": ("UPDATE sessions SET settings = json_set(settings, '$.samples.n', 1000000000) WHERE id = ?",
+                       "parent", "samples.n"),
+    "a sample index stored as '1'": ("UPDATE sessions SET settings = json_set(settings, '$.sample', '1') WHERE id = ?",
+                                     "sample", "sample index"),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLE_DAMAGE))
+def test_a_damaged_sample_row_is_named_by_show_and_resume(sampled, name):
+    db, parent, sample1, plain = sampled
+    sql, whose, needle = SAMPLE_DAMAGE[name]
+    named = parent if whose == "parent" else sample1
+    before = _damage(db, sql, named)
+    for args in (["show", parent], ["show", parent, "--json"], ["resume", parent]):
+        line = one_line(run_cli(*args, timeout=60), "damaged database row: sessions ", "column settings", needle)
+        assert named in line, line
+    assert _digest(db) == before  # nothing was written: no second sample 1, no lease
+    assert run_cli("show", plain).returncode == 0  # the other session is untouched
+    listed = run_cli("sessions", "--json")
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 4
