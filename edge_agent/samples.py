@@ -180,7 +180,10 @@ def _stored_samples(db: Any, parent_id: str, n: int) -> dict[int, dict[str, Any]
     """The parent's sample sessions by index, each row's settings and index checked."""
     found: dict[int, dict[str, Any]] = {}
     for r in store.sample_sessions(db, parent_id):
-        index = store.session_settings(r["id"], r["settings"]).get("sample")  # DamagedRow: not a JSON object
+        settings = store.session_settings(r["id"], r["settings"])  # DamagedRow: not a JSON object
+        if "sample" not in settings:  # another session linked to the parent (a handover): not a sample
+            continue
+        index = settings["sample"]
         if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index < n:
             raise _damaged(r["id"], f"holds sample index {str(index)[:40]!r} of parent {parent_id}, not a whole "
                                     f"number from 1 to {n - 1}")
