@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import strict_json
 from .errors import InputError
 from .report import session_report
 
@@ -31,8 +32,9 @@ def load_dataset(path: Path, limit: int | None = None) -> list[dict[str, str]]:
                     continue
                 try:
                     row = json.loads(line)
-                except ValueError:
-                    raise InputError(f"{path}:{n} is not JSON: each line must be an object with id, problem, answer") from None
+                except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
+                    raise InputError(f"{path}:{n} is not JSON (or nests too deeply): each line must be an object "
+                                     "with id, problem, answer") from None
                 if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k]
                                                         for k in ("id", "problem", "answer")):
                     raise InputError(f"{path}:{n} lacks id, problem or answer (strings)")
@@ -210,7 +212,7 @@ class Bench:
             if line.strip():
                 try:
                     r = json.loads(line)
-                except ValueError:  # a line cut by a kill mid-write is simply redone
+                except (ValueError, RecursionError):  # a line cut by a kill mid-write is simply redone
                     continue
                 rows[(r["policy"], r["id"])] = r
         return rows
@@ -249,7 +251,7 @@ class Bench:
 def write_reports(out: Path, results: list[dict], summaries: list[Summary], meta: dict) -> dict[str, Path]:
     paths = {"json": out / "results.json", "csv": out / "results.csv", "png": out / "accuracy_vs_cloud_tokens.png"}
     meta = {**meta, "cpt": {f"{int(x * 100)}%": cpt(summaries, x) for x in (0.5, 0.8, 0.95)}}
-    paths["json"].write_text(json.dumps({"meta": meta, "summary": [asdict(s) for s in summaries], "results": results}, indent=1))
+    paths["json"].write_text(strict_json.dumps({"meta": meta, "summary": [asdict(s) for s in summaries], "results": results}, indent=1))
     with open(paths["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(asdict(summaries[0])))
         w.writeheader()

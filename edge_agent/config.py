@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .smallfile import Unreadable, read_small
 
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "cloud": {"provider": str, "model": str, "base_url": str, "timeout_s": (int, float),
@@ -140,11 +141,13 @@ def load_config(path: Path | None = None) -> Config:
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
+        data = tomllib.loads(read_small(path) or "")  # a FIFO or a device is refused, not read forever
+    except Unreadable as e:
         raise ConfigError(f"cannot read config {path}: {e}: fix or remove the file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config {path} is not valid TOML ({e}): fix or remove the file") from None
+    except RecursionError:  # arrays or inline tables nested thousands deep
+        raise ConfigError(f"config {path} nests arrays or tables too deeply: fix or remove the file") from None
     cfg = Config(path=path)
     for section, values in data.items():
         if section == "prices":
@@ -238,7 +241,7 @@ def save_policy_params(name: str, params: dict[str, Any], path: Path | None = No
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
             import tomli as tomllib  # type: ignore[no-redef]
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_small(path) or "")  # load_config has just read it
     data.setdefault("policy", {}).setdefault(name, {}).update(params)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

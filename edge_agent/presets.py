@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import InputError, ModelError
 from .model import StepModel, split_scheme
+from .smallfile import Unreadable, load_json, warn_once
 
 GGUF_MAGIC = b"GGUF"
 
@@ -239,17 +240,23 @@ def pulled_dir() -> Path:
     return cache_dir() / "pulled"
 
 
-def read_registry() -> dict[str, dict]:
+def read_registry(*, for_update: bool = False) -> dict[str, dict]:
+    """The pulled models. A damaged registry (not JSON, nested too deep, a FIFO, a link to a device) lists no
+    model, with one warning; ``for_update`` (a pull, which rewrites it) refuses it instead, so it is not lost."""
     path = registry_path()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read the pulled-models registry {path} ({e}): move it aside and pull again") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ModelError(f"the pulled-models registry {path} is not a JSON object of models: move it aside and pull again")
-    return data
+        data = load_json(path)
+        fine = isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()) or data is None
+        problem = None if fine else "it is not a JSON object of models"
+    except Unreadable as e:
+        data, problem = None, str(e)
+    if problem is None:
+        return data or {}
+    message = f"the pulled-models registry {path} is damaged ({problem}): move it aside and pull again"
+    if for_update:
+        raise ModelError(message)
+    warn_once(f"warning: {message}; until then no pulled model is listed")
+    return {}
 
 
 def write_registry(entries: dict[str, dict]) -> None:

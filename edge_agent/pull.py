@@ -90,6 +90,7 @@ def pull_model(request: PullRequest, endpoint: str | None = None) -> dict:
 
     hf_logging.set_verbosity_error()  # our one line says what failed; its retry warnings would only repeat it
     where = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    read_registry(for_update=True)  # a damaged registry is refused before the download, not after
     try:
         remote = fetch_remote(request, endpoint)
         sha, source = expected_sha256(request, remote)
@@ -190,7 +191,7 @@ def install(request: PullRequest, remote: Remote, staged: Path, sha: str, source
     record = {"repo": request.repo, "filename": request.filename, "revision": remote.commit, "sha256": sha,
               "size": dest.stat().st_size, "file": dest.name,
               "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    registry = read_registry()
+    registry = read_registry(for_update=True)
     registry[request.name] = record
     write_registry(registry)
     return {"name": request.name, "path": str(dest), "size_bytes": record["size"], "sha256_source": source,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, ModelError
+from .smallfile import Unreadable, load_json, warn_once
 
 ENV = "EDGE_AGENT_REPACK"
 SETTINGS = ("auto", "on", "off")
@@ -119,11 +120,15 @@ def verdict_path() -> Path:
 
 
 def _read_verdicts() -> dict[str, dict]:
+    """The kept verdicts; a damaged file (not JSON, a FIFO, a directory, a link to a device) is a miss."""
+    path = verdict_path()
     try:
-        data = json.loads(verdict_path().read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+        data = load_json(path)
+    except Unreadable as e:
+        warn_once(f"warning: ignoring the compute-mode cache {path} ({e}): probing again; remove it to keep the "
+                  "verdict")
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _write_verdict(key: str, verdict: dict) -> None:
@@ -133,8 +138,11 @@ def _write_verdict(key: str, verdict: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # left only when the replace failed (runtime.json a directory)
     except OSError:
         pass  # a read-only cache only means probing again next time
 

@@ -16,7 +16,6 @@ votes over N (no-votes included), stored on the parent and readable by a policy 
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -158,21 +157,68 @@ def sample_seed(base: int, index: int) -> int:
     return (base + index) % (MAX_SEED + 1)
 
 
+def _damaged(session_id: str, what: str) -> store.DamagedRow:
+    return store.DamagedRow("sessions", f"id {session_id!r}", "settings", what)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _stored_spec(state: Any) -> tuple[int, float, int]:
+    """A parent's stored ``samples`` setting (and seed), checked as ``SampleSpec`` checks the flags: (n, temperature,
+    seed). A hand-edited or damaged value is a DamagedRow naming the parent's row, never a hang or a crash."""
+    spec, sid = state.settings.get("samples"), state.id
+    if not isinstance(spec, dict):
+        raise _damaged(sid, f"holds samples {str(spec)[:40]!r}, not an object with n and temperature")
+    n, batch = spec.get("n"), spec.get("batch", "auto")
+    temperature: Any = spec.get("temperature")
+    if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_SAMPLES:
+        raise _damaged(sid, f"holds samples.n {str(n)[:40]!r}, not a whole number from 2 to {MAX_SAMPLES}")
+    if not _number(temperature) or not 0.0 < temperature <= 5.0:
+        raise _damaged(sid, f"holds samples.temperature {str(temperature)[:40]!r}, not a number > 0 and <= 5")
+    if batch not in BATCH_MODES:
+        raise _damaged(sid, f"holds samples.batch {str(batch)[:40]!r}, not one of {', '.join(BATCH_MODES)}")
+    seed, greedy_t = state.settings.get("seed", 0), state.settings.get("temperature", 0.0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise _damaged(sid, f"holds seed {str(seed)[:40]!r}, not a whole number")
+    if not _number(greedy_t):
+        raise _damaged(sid, f"holds temperature {str(greedy_t)[:40]!r}, not a number")
+    return n, float(temperature), seed
+
+
+def _stored_samples(db: Any, parent_id: str, n: int) -> dict[int, dict[str, Any]]:
+    """The parent's sample sessions by index, each row's settings and index checked."""
+    found: dict[int, dict[str, Any]] = {}
+    for r in store.sample_sessions(db, parent_id):
+        settings = store.session_settings(r["id"], r["settings"])  # DamagedRow: not a JSON object
+        if "sample" not in settings:  # another session linked to the parent (a handover): not a sample
+            continue
+        index = settings["sample"]
+        if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index < n:
+            raise _damaged(r["id"], f"holds sample index {str(index)[:40]!r} of parent {parent_id}, not a whole "
+                                    f"number from 1 to {n - 1}")
+        if index in found:
+            raise _damaged(r["id"], f"holds sample index {index} of parent {parent_id}, as session "
+                                    f"{found[index]['id']} does")
+        found[index] = r
+    return found
+
+
 def read_samples(db: Any, session_id: str) -> Samples | None:
     """The samples of parent ``session_id`` and their vote so far; None if it was started without samples."""
     state = store.load_state(db, session_id)
-    spec = state.settings.get("samples")
-    if not spec:
+    if not state.settings.get("samples"):
         return None
-    base = int(state.settings.get("seed", 0))
-    found = {json.loads(r["settings"] or "{}").get("sample"): r for r in store.sample_sessions(db, session_id)}
+    n, temperature, base = _stored_spec(state)
+    found = _stored_samples(db, session_id, n)
     rows = [Sample(0, state.id, state.status, state.answer, base, float(state.settings.get("temperature", 0.0)))]
-    for i in range(1, spec["n"]):
+    for i in range(1, n):
         r = found.get(i)
         rows.append(Sample(i, r["id"] if r else None, r["status"] if r else None, r["answer"] if r else None,
-                           sample_seed(base, i), spec["temperature"]))
+                           sample_seed(base, i), temperature))
     answers = [s.answer if s.status == "done" else None for s in rows]
-    return Samples(state.id, spec["n"], spec["temperature"], tuple(rows), vote(answers))
+    return Samples(state.id, n, temperature, tuple(rows), vote(answers))
 
 
 def is_parent(db: Any, session_id: str) -> bool:

@@ -31,6 +31,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from triggers import POLICIES, parse_spec
 
@@ -41,7 +42,7 @@ from .factory import uses_cloud
 from .prompts import messages
 from .report import session_report
 from .serve_guard import BrowserGuard, HostRule
-from .serve_wire import chunk, completion, finish_reason, sse, summary, usage
+from .serve_wire import StrictJSONResponse, chunk, completion, finish_reason, sse, summary, usage
 from .trace_page import register as register_trace_pages
 from .values import Step
 
@@ -84,7 +85,7 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return StrictJSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 class Cancelled(Exception):
@@ -145,10 +146,15 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if length.isdigit() and int(length) > limit:
         raise too_big
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise too_big
+    try:
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise too_big
+    except ClientDisconnect:  # nobody is left to answer: one line for the operator, no traceback
+        log.info("client hung up after %d bytes of the body of %s %s; nothing was done", len(body),
+                 request.method, request.url.path)
+        raise ApiError(400, "the client hung up before sending the whole body") from None
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
@@ -298,7 +304,8 @@ def create_app(make_agent: Callable[[str], Agent], options: ServeOptions) -> Fas
         yield
         worker.close()  # lets a running request finish its step and commit
 
-    app = FastAPI(title="edge-agent", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title="edge-agent", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
+                  default_response_class=StrictJSONResponse)  # a dict an endpoint returns: strict JSON too
     app.state.worker = worker
     app.add_middleware(BrowserGuard, hosts=HostRule.bound_to(options.host, options.allow_hosts))
 
@@ -393,7 +400,7 @@ async def complete(worker: Worker, options: ServeOptions, body: dict[str, Any]) 
     except USER_ERRORS as e:
         status = 500 if sid_box else 400  # before the session existed it is the request's fault
         raise ApiError(status, str(e), type_="server_error" if sid_box else "invalid_request_error") from None
-    return JSONResponse(completion(report, prompt_tokens, model, created),
+    return StrictJSONResponse(completion(report, prompt_tokens, model, created),
                         headers={SESSION_HEADER: report["session_id"]})
 
 

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from starlette.responses import JSONResponse
+
+from .strict_json import dumps, finite
+
+
+class StrictJSONResponse(JSONResponse):
+    """starlette's JSONResponse refuses a float that is not finite (a 500); here it is null (strict_json)."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(finite(content))
+
 
 def usage(report: dict[str, Any], prompt_tokens: int) -> dict[str, Any]:
     """OpenAI usage counted in the local tokenizer (prompt = the local prompt, completion = the returned steps),
@@ -60,4 +71,4 @@ def chunk(sid: str, model: str, created: int, delta: dict[str, Any], finish: str
 
 
 def sse(data: dict[str, Any] | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+    return f"data: {data if isinstance(data, str) else dumps(data, ensure_ascii=False)}\n\n"

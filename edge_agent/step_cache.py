@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import store
 
 from .local import Draft, Verdict
+from .smallfile import warn_once
 from .values import Signals
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,7 +127,12 @@ class CachedModel:
             return self.inner.next_step(context, max_tokens=max_tokens, temperature=temperature, on_text=on_text)
         start = time.perf_counter()
         key = step_key(self.identity, context, max_tokens, compute_mode(self.inner))
-        hit = store.step_cache_get(self.db, key)
+        try:
+            hit, damaged = store.step_cache_get(self.db, key), False
+        except store.DamagedRow as e:  # only a cache: a miss, computed again below and replaced
+            hit, damaged = None, True
+            warn_once(f"note: {e.table} {e.key}, column {e.column} was damaged: that step is computed again and "
+                      "the entry replaced (further damaged entries are replaced silently)", once="step_cache")
         if hit is not None:
             self.hits += 1
             if on_text and hit["raw"]:
@@ -136,7 +142,7 @@ class CachedModel:
                          seconds=time.perf_counter() - start, would_be_s=hit["seconds"])
         draft = self.inner.next_step(context, max_tokens=max_tokens, temperature=temperature, on_text=on_text)
         self.misses += 1
-        store.step_cache_put(self.db, key, model=self.identity, context_tokens=len(context),
+        store.step_cache_put(self.db, key, replace=damaged, model=self.identity, context_tokens=len(context),
                              token_ids=json.dumps(list(draft.token_ids)), text=draft.text, raw=draft.raw,
                              signals=json.dumps(draft.signals.to_dict()), finish=draft.finish, seconds=draft.seconds)
         return draft

@@ -27,7 +27,8 @@ _HOMES = {
         "add_wall_time", "SessionState", "check_rollback", "cloud_calls", "commit_step",
         "ensure_resumable", "events", "list_sessions", "load_state", "load_steps", "new_session",
         "log_event", "record_event", "resolve_id", "rollback_to", "rollbacks", "set_status", "update_settings",
-        "StepRow", "StepLike", "EventLike", "DamagedRow", "check_session", "event_detail", "step_row")},
+        "StepRow", "StepLike", "EventLike", "DamagedRow", "check_session", "event_detail", "step_row",
+        "session_settings")},
 }
 
 __all__ = ["SessionError", "StoreError", *_HOMES]

@@ -14,11 +14,12 @@ def step_cache_get(db: Database, key: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def step_cache_put(db: Database, key: str, **entry: Any) -> None:
-    """Keep a computed step; a step another process stored first is left as it is (they are the same)."""
+def step_cache_put(db: Database, key: str, *, replace: bool = False, **entry: Any) -> None:
+    """Keep a computed step; a step another process stored first is left as it is (they are the same), unless
+    ``replace`` (the stored entry was damaged)."""
     with write_txn(db):
         db.execute(
-            "INSERT OR IGNORE INTO step_cache (key, model, context_tokens, token_ids, text, raw, signals, finish,"
+            f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO step_cache (key, model, context_tokens, token_ids, text, raw, signals, finish,"
             " seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [key, entry["model"], entry["context_tokens"], entry["token_ids"], entry["text"], entry["raw"],
              entry["signals"], entry["finish"], entry["seconds"], now()],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,21 +61,24 @@ def event_detail(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def step_cache_get(db: Database, key: str) -> dict[str, Any] | None:
-    """``store.cache``'s entry for ``key``, its tokens and signals checked first: a damaged entry is named,
-    with the statement that drops it (it is only a cache: the step is computed again)."""
+    """``store.cache``'s entry for ``key``, every column checked first: a damaged entry is a DamagedRow naming
+    its column (it is only a cache: the caller computes the step again and replaces the entry)."""
     from .cache import step_cache_get as get
 
     hit = get(db, key)
     if hit is not None:
-        path = db.execute("PRAGMA database_list").fetchone()[2] or "DB"
-        delete = f"DELETE FROM step_cache WHERE key = '{key}'"
-        fix = f"delete it, it is only a cache: sqlite3 {shlex.quote(path)} \"{delete}\""
+        fix = "it is only a cache: the step is computed again and the entry replaced"
         where = f"key {key[:16]}…"
         for column in ("token_ids", "signals"):
             if hit[column] is None:
                 raise DamagedRow("step_cache", where, column, "is empty", fix)
         token_ids("step_cache", where, hit["token_ids"], fix)
         signals("step_cache", where, hit["signals"], fix)
+        for column in ("text", "raw", "finish"):
+            if not isinstance(hit[column], str):
+                raise DamagedRow("step_cache", where, column, "is not text", fix)
+        if hit["seconds"] is not None and (isinstance(hit["seconds"], bool) or not isinstance(hit["seconds"], NUMBER)):
+            raise DamagedRow("step_cache", where, "seconds", "is not a number", fix)
     return hit
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,19 @@ def db(tmp_path):
     database = open_db(tmp_path / "unit.db")
     yield database
     database.close()
+
+
+def popen_interruptible(args: list[str], **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen`` whose child starts with SIGINT's default handler, as it would from a terminal.
+
+    A non-interactive shell starts a background job (``pytest &``) with SIGINT ignored, and an ignored signal
+    stays ignored across exec, so a child would never see the Ctrl-C a test sends. A caught signal is reset to
+    the default on exec: catching it here for the moment of the spawn gives the child the default handler."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(args, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def run_cli(*args: str, input: bytes | None = None, env: dict | None = None, timeout: float = 300):

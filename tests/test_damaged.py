@@ -203,7 +203,10 @@ def test_serve_lists_the_other_sessions_and_marks_the_damaged_one(two_sessions):
     assert client.get(f"/sessions/{good}").status_code == 200
 
 
-def test_a_damaged_step_cache_entry_names_the_statement_that_drops_it(tmp_path):
+@pytest.mark.parametrize("column, value", [("token_ids", "rot"), ("signals", "[0.5]"), ("text", None),
+                                           ("seconds", "slow")])
+def test_a_damaged_step_cache_entry_is_a_miss_computed_again(tmp_path, column, value):
+    """Issue 32, item 15: the cache is only a cache: a damaged entry is recomputed and replaced, in one line."""
     script = tmp_path / "two.json"
     script.write_text(json.dumps(["Half of 2 is 1.", "So 2 + 1 = 3, and the answer is \\boxed{3}."]))
     args = ["solve", ROBE, "--model", f"script:{script}", "--max-steps", "2", "--step-cache", "--json"]
@@ -211,18 +214,21 @@ def test_a_damaged_step_cache_entry_names_the_statement_that_drops_it(tmp_path):
     db = tmp_path / "edge.db"
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT COUNT(*) FROM step_cache").fetchone()[0] == 2
-    conn.execute("UPDATE step_cache SET token_ids = 'rot' WHERE rowid = (SELECT MIN(rowid) FROM step_cache)")
+    conn.execute(f"UPDATE step_cache SET {column} = ?", [value])  # both entries
     conn.commit()
-    line = one_line(run_cli(*args), "damaged database row: step_cache key ", "column token_ids", "only a cache")
-    delete = line.split('"')[1]
-    assert delete.startswith("DELETE FROM step_cache WHERE key = '")
-    conn.execute(delete)  # doing what the line says mends it
-    conn.commit()
-    conn.close()
-    sid = sqlite3.connect(db).execute("SELECT id FROM sessions ORDER BY id DESC").fetchone()[0]
-    proc = run_cli("resume", sid, "--json")
-    assert proc.returncode == 0, proc.stderr.decode()
+    proc = run_cli(*args)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "Traceback" not in err, err
     assert json.loads(proc.stdout)["answer"] == "3"
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "step_cache" in lines[0] and f"column {column}" in lines[0], err
+    assert "computed again" in lines[0] and "DELETE" not in lines[0] and "sqlite3" not in lines[0]
+    rows = conn.execute("SELECT token_ids, signals, text, seconds FROM step_cache").fetchall()
+    assert len(rows) == 2 and all(json.loads(t) and json.loads(s) and isinstance(x, str) and isinstance(sec, float)
+                                  for t, s, x, sec in rows)  # replaced by the recomputed steps
+    conn.close()
+    again = run_cli(*args)
+    assert again.returncode == 0 and again.stderr.decode().strip() == ""  # now a clean hit
 
 
 def _atlas(tmp_path):
@@ -258,3 +264,55 @@ def test_a_damaged_atlas_row_is_named_by_the_report(tmp_path, sql, table, column
     one_line(run_cli("atlas", "report", str(out)), f"damaged database row: {table} ", f"column {column}",
              "atlas build")
     assert _digest(out / "bench.db") == before
+
+
+# -- issue 32, item 11: damaged sample rows (solve --samples) -----------------------------------------------
+
+
+@pytest.fixture
+def sampled(tmp_path):
+    """A finished parent with two samples (scripted model), and a plain session beside them:
+    (db path, parent id, sample 1's id, the plain session's id)."""
+    script = tmp_path / "s.json"
+    script.write_text(json.dumps({"steps": ["Blue takes 2 bolts.", "In all \\boxed{3}."],
+                                  "when": [{"seed": 1, "steps": ["So \\boxed{4}."]},
+                                           {"seed": 2, "steps": ["It is \\boxed{3}."]}]}))
+    proc = run_cli("solve", ROBE, "--model", f"script:{script}", "--samples", "3", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(proc.stdout)
+    plain = run_cli("solve", ROBE, "--model", f"script:{script}", "--json")
+    assert plain.returncode == 0, plain.stderr.decode()
+    sample1 = report["samples"]["sessions"][1]["session_id"]
+    return tmp_path / "edge.db", report["session_id"], sample1, json.loads(plain.stdout)["session_id"]
+
+
+SAMPLE_DAMAGE = {  # name -> (UPDATE of the row, whose row it is: "parent" or "sample", what the line says)
+    "a sample's settings not JSON": ("UPDATE sessions SET settings = '{sample: 1' WHERE id = ?", "sample",
+                                     "is not JSON"),
+    "a sample's settings a list": ("UPDATE sessions SET settings = '[1]' WHERE id = ?", "sample", "not a JSON object"),
+    "samples a list": ("UPDATE sessions SET settings = json_set(settings, '$.samples', json('[3, 0.7]')) WHERE id = ?",
+                       "parent", "holds samples"),
+    "samples.n a string": ("UPDATE sessions SET settings = json_set(settings, '$.samples.n', '3') WHERE id = ?",
+                           "parent", "samples.n"),
+    "samples.temperature a string": ("UPDATE sessions SET settings = json_set(settings, '$.samples.temperature', "
+                                     "'hot') WHERE id = ?", "parent", "samples.temperature"),
+    "samples.n 10^9": ("UPDATE sessions SET settings = json_set(settings, '$.samples.n', 1000000000) WHERE id = ?",
+                       "parent", "samples.n"),
+    "a sample index stored as '1'": ("UPDATE sessions SET settings = json_set(settings, '$.sample', '1') WHERE id = ?",
+                                     "sample", "sample index"),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLE_DAMAGE))
+def test_a_damaged_sample_row_is_named_by_show_and_resume(sampled, name):
+    db, parent, sample1, plain = sampled
+    sql, whose, needle = SAMPLE_DAMAGE[name]
+    named = parent if whose == "parent" else sample1
+    before = _damage(db, sql, named)
+    for args in (["show", parent], ["show", parent, "--json"], ["resume", parent]):
+        line = one_line(run_cli(*args, timeout=60), "damaged database row: sessions ", "column settings", needle)
+        assert named in line, line
+    assert _digest(db) == before  # nothing was written: no second sample 1, no lease
+    assert run_cli("show", plain).returncode == 0  # the other session is untouched
+    listed = run_cli("sessions", "--json")
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 4

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import popen_interruptible, run_cli
 
 PROBLEM = "What is 17 * 23?"
 STEPS = ["17 * 20 = 340.", "17 * 3 = 51, and 340 + 51 = 391.", "So the answer is \\boxed{391}."]
@@ -244,8 +244,8 @@ def test_embedded_model_answers_through_llm(tmp_path, llm_cli):
 def test_ctrl_c_keeps_the_committed_steps_and_says_how_to_resume(tmp_path, llm_cli):
     slow = [STEPS[0], {"text": STEPS[1], "delay_s": 30.0}, STEPS[2]]
     env = {**os.environ, "LLM_LOAD_PLUGINS": "edge-agent"}
-    proc = subprocess.Popen([sys.executable, "-m", "llm", "-m", "edge-agent", "-o", "model", _script(tmp_path, slow),
-                             PROBLEM], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = popen_interruptible([sys.executable, "-m", "llm", "-m", "edge-agent", "-o", "model", _script(tmp_path, slow),
+                                PROBLEM], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out = b""
     while STEPS[0].encode() not in out:  # step 0 is shown once step 1 (30 s) has started
         chunk = os.read(proc.stdout.fileno(), 4096)

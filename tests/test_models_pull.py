@@ -20,7 +20,7 @@ import pytest
 
 from edge_agent import presets
 from edge_agent.errors import ModelError
-from tests.conftest import run_cli
+from tests.conftest import popen_interruptible, run_cli
 from tests.hub_server import COMMIT, FakeHub, HubFile
 
 BLOB = b"GGUF" + bytes(range(256)) * 40  # ~10 KiB: a GGUF magic, then noise
@@ -202,8 +202,8 @@ def test_unreachable_endpoint(cache, monkeypatch):
 
 def test_interrupted_pull_leaves_nothing(cache, hub):
     hub({"org/repo/tiny.gguf": HubFile(BLOB, slow_s=0.2)})  # ~2 s of transfer
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "models", "pull", "org/repo/tiny.gguf"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    proc = popen_interruptible([sys.executable, "-m", "edge_agent.cli", "models", "pull", "org/repo/tiny.gguf"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
     deadline = time.monotonic() + 30
     while not list(cache.rglob("*.incomplete")) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -11,6 +11,7 @@ import click
 
 import store
 
+from .. import strict_json
 from ..atlas import ATLAS_DB, AtlasPlan, build, check_meta, plot, summarize
 from ..bench import load_dataset
 from ..config import load_config
@@ -73,7 +74,7 @@ def atlas_build(dataset: str, limit: int | None, run: RunOptions, out_dir: str, 
             build_atlas(ray, spec_for(cfg, run, cloud, ray), db, str(out / ATLAS_DB), problems, settings, plan, advance)
     result = summarize(db)
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(strict_json.dumps(result))
         return
     print_atlas(result)
     console().print(f"atlas in {out / ATLAS_DB} · 'edge-agent atlas report {out}' prints it again · "
@@ -98,7 +99,7 @@ def atlas_report(directory: str, as_json: bool) -> None:
     result = summarize(open_db(str(path), create=False))
     png = plot(result, Path(directory) / "atlas.png")
     if as_json:
-        click.echo(json.dumps({**result, "plot": str(png) if png else None}))
+        click.echo(strict_json.dumps({**result, "plot": str(png) if png else None}))
         return
     print_atlas(result)
     if png:
@@ -140,9 +141,9 @@ def atlas_fit(directory: str, share: float, folds: int, c: float, ablation: bool
         file, model = save_router(final_model(problems, result, share, c, max_k, meta))
         saved, result["model"] = str(file), {"ref": model.ref, "tau": model.tau, "max_k": model.max_k}
     report = {k: v for k, v in result.items() if k != "picks"}
-    (Path(directory) / "router_report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    (Path(directory) / "router_report.json").write_text(strict_json.dumps(report, indent=1) + "\n", encoding="utf-8")
     if as_json:
-        click.echo(json.dumps(report))
+        click.echo(strict_json.dumps(report))
         return
     print_router_fit(report, saved)
 
@@ -196,8 +197,8 @@ def atlas_read(directory: str, run: RunOptions, vocab: str, max_k: int, report_o
     cloud_acc = _cloud_accuracy(db, {p.id for p in problems})
     result = {"dir": directory, **evaluate(problems, cloud_base, local_acc, cloud_acc, max_k),
               "atlas_n": summary["n"], "oracle": base.get("oracle (one step)")}
-    (out / "read_report.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    click.echo(json.dumps(result, indent=None if as_json else 1))
+    (out / "read_report.json").write_text(strict_json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    click.echo(strict_json.dumps(result, indent=None if as_json else 1))
 
 
 def _cloud_accuracy(db: Any, ids: set[str]) -> float:
@@ -258,6 +259,6 @@ def atlas_drafts(directory: str, limit: int | None, run: RunOptions, n: int, sam
     order = [p["id"] for p in rows]  # the build's order: the dataset's
     result = {"dir": directory, "n_drafts": n, "temperature": sample_temperature,
               **report(problems_of(order, drafts, clouds, lookup(cloud_name) or lookup("local"), seconds))}
-    (out / f"vote_report_t{sample_temperature:g}_n{n}.json").write_text(json.dumps(result, indent=1) + "\n",
+    (out / f"vote_report_t{sample_temperature:g}_n{n}.json").write_text(strict_json.dumps(result, indent=1) + "\n",
                                                                         encoding="utf-8")
-    click.echo(json.dumps(result, indent=None if as_json else 1))
+    click.echo(strict_json.dumps(result, indent=None if as_json else 1))

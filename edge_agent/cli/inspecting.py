@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
@@ -13,6 +12,7 @@ import store
 from triggers import POLICIES
 from triggers.policies import policy_parameters
 
+from .. import strict_json
 from ..config import Config, load_config
 from ..doctor import diagnose
 from ..errors import InputError
@@ -25,8 +25,12 @@ from .render import (join_progress, print_cost, print_doctor, print_models, prin
                      print_trace)
 
 
+MAX_LIMIT = 1_000_000_000  # SQLite's LIMIT takes 64 bits; more sessions than this is "all" anyway
+
+
 @click.command()
-@click.option("--limit", default=30, show_default=True, type=int, help="How many sessions to list.")
+@click.option("--limit", default=30, show_default=True, type=click.IntRange(0, MAX_LIMIT),
+              help="How many sessions to list.")
 @db_option
 @json_option
 def sessions(limit: int, db_path: str | None, as_json: bool) -> None:
@@ -34,7 +38,7 @@ def sessions(limit: int, db_path: str | None, as_json: bool) -> None:
     db = open_db(db_path, create=False)
     rows = store.list_sessions(db, limit)
     if as_json:
-        click.echo(json.dumps(rows, ensure_ascii=False))
+        click.echo(strict_json.dumps(rows, ensure_ascii=False))
         return
     print_sessions(rows)
 
@@ -59,12 +63,12 @@ def show(session_id: str, verbose: bool, show_all: bool, list_events: bool, open
     sid = store.resolve_id(db, session_id)
     if open_page:
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/sessions/{sid}"
-        click.echo(json.dumps({"session_id": sid, "url": url}) if as_json else url)
+        click.echo(strict_json.dumps({"session_id": sid, "url": url}) if as_json else url)
         return
     store.check_session(db, sid)  # a damaged row is named before anything is printed
     report = session_report(db, sid, verbose=True)
     if as_json:
-        click.echo(json.dumps(report, ensure_ascii=False))
+        click.echo(strict_json.dumps(report, ensure_ascii=False))
         return
     print_trace(report, store.load_steps(db, sid, include_superseded=show_all), verbose, list_events)
 
@@ -91,7 +95,7 @@ def models(ctx: click.Context, install: str | None, as_json: bool) -> None:
     rows += [{**pulled_status(name, entry), "kind": "pulled"} for name, entry in sorted(read_registry().items())]
     rows = [{**r, "default": r["name"] == default} for r in rows]
     if as_json:
-        click.echo(json.dumps(rows))
+        click.echo(strict_json.dumps(rows))
         return
     print_models(rows)
     note = default_note(default)
@@ -122,7 +126,7 @@ def pull(spec: str, name: str | None, sha256: str | None, revision: str | None, 
         click.echo("\ninterrupted: nothing was installed; run the same pull again (it starts over)", err=True)
         sys.exit(130)
     if as_json:
-        click.echo(json.dumps(record))
+        click.echo(strict_json.dumps(record))
         return
     click.echo(f"pulled {record['name']}: {record['path']} ({record['size_bytes'] / 2**20:.1f} MiB, "
                f"sha256 {record['sha256'][:12]}… verified against {record['sha256_source']})")
@@ -138,7 +142,7 @@ def cost(days: int, db_path: str | None, as_json: bool) -> None:
     db = open_db(db_path, create=False)
     out = spend_summary(db, load_config().budget, days)
     if as_json:
-        click.echo(json.dumps(out))
+        click.echo(strict_json.dumps(out))
         return
     print_cost(out)
 
@@ -160,7 +164,7 @@ def policies(as_json: bool) -> None:
     """List escalation policies with their parameters and defaults (config: [policy.NAME])."""
     rows = policy_rows(load_config())
     if as_json:
-        click.echo(json.dumps(rows, default=str))
+        click.echo(strict_json.dumps(rows, default=str))
         return
     print_policies(rows)
 
@@ -179,7 +183,7 @@ def run_doctor(model: str | None, cloud: CloudOptions, db_path: str | None, as_j
                first_run: bool = False) -> None:
     result = diagnose(model, cloud, db_path)
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(strict_json.dumps(result))
     else:
         print_doctor(result, first_run)
     if not result["ok"]:

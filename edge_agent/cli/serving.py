@@ -217,7 +217,7 @@ def chat(run: RunOptions, verbose: bool, cloud: CloudOptions, db_path: str | Non
 
 @click.command("cloud-local")
 @click.option("--model", "-m", default="smollm2-135m", show_default=True, help="Preset name or GGUF path to serve.")
-@click.option("--port", type=int, help="Port on 127.0.0.1 (default: a free one).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port on 127.0.0.1 (default, or 0: a free one).")
 @click.option("--n-ctx", default=4096, show_default=True, type=int, help="Server context size.")
 def cloud_local(model: str, port: int | None, n_ctx: int) -> None:
     """Serve a local GGUF as an OpenAI-compatible 'cloud' on 127.0.0.1 (priced like DeepSeek-R1)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import sys
 from collections.abc import Callable
@@ -13,6 +12,7 @@ import click
 
 import store
 
+from .. import strict_json
 from ..agent import Agent, Callbacks, Settings, check_problem
 from ..config import load_config
 from ..errors import InputError
@@ -32,7 +32,14 @@ def read_problem(problem: str) -> str:
         except UnicodeEncodeError:
             raise InputError("the problem is not valid UTF-8 text: pass it as UTF-8") from None
         return problem
-    data = sys.stdin.buffer.read()
+    if sys.stdin is None:  # started with stdin closed (`solve - <&-`): Python then has no sys.stdin at all
+        raise InputError("'-' reads the problem from stdin, which is closed: pipe the problem in, or pass it as "
+                         "an argument")
+    try:
+        data = sys.stdin.buffer.read()
+    except OSError as e:  # a stdin that cannot be read (EBADF, EIO)
+        raise InputError(f"cannot read the problem from stdin ({e.strerror or e}): pipe the problem in, or pass "
+                         "it as an argument") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -63,7 +70,7 @@ def run_session(agent: Agent, session_id: str | None, problem: str | None, setti
         sys.exit(130)
     report = session_report(agent.db, session_id, verbose=True)
     if as_json:
-        click.echo(json.dumps(report, ensure_ascii=False))
+        click.echo(strict_json.dumps(report, ensure_ascii=False))
     else:
         renderer.summary(report)
 
@@ -168,7 +175,7 @@ def rollback(session_id: str, to_step: int, temperature: float, no_continue: boo
         if no_continue:
             report = session_report(db, sid)
             if as_json:
-                click.echo(json.dumps({**report, "rollback_id": rid}, ensure_ascii=False))
+                click.echo(strict_json.dumps({**report, "rollback_id": rid}, ensure_ascii=False))
             else:
                 click.echo(f"rolled back {sid} to step {to_step} (rollback {rid}); continue with 'edge-agent resume {sid}'")
             return

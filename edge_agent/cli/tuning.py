@@ -17,6 +17,7 @@ from triggers.learned import fit, save_model
 from triggers.policies import typed_params
 from triggers.scorers import MODEL_SCORERS
 
+from .. import strict_json
 from ..bench import Bench, Summary, load_dataset, pareto_front, quantile, require_grader, summarize, write_reports
 from ..config import Config, load_config, save_policy_params
 from ..errors import InputError
@@ -70,7 +71,7 @@ def bench(dataset: str, policies: str, limit: int | None, run: RunOptions, out_d
     summaries, paths, meta = run_bench(cfg, Sweep(dataset, limit, out_dir, resume), names, run,
                                        replace(cloud, cache=cache_responses), as_json, ray)
     if as_json:
-        click.echo(json.dumps({"meta": meta, "summary": [asdict(s) for s in summaries],
+        click.echo(strict_json.dumps({"meta": meta, "summary": [asdict(s) for s in summaries],
                                "files": {k: str(v) for k, v in paths.items()}}))
         return
     print_summaries(summaries, meta)
@@ -195,7 +196,7 @@ def tune(dataset: str | None, atlas_dir: str | None, policy_name: str | None, gr
         chosen = dict(points[labels.index(best.policy)])
     written = str(save_policy_params(name, typed_params(name, chosen))) if write_config and chosen else None
     if as_json:
-        click.echo(json.dumps({"policy": name, "chosen": chosen, "config": written,
+        click.echo(strict_json.dumps({"policy": name, "chosen": chosen, "config": written,
                                "pareto_front": [s.policy for s in front],
                                "summary": [asdict(s) for s in summaries]}))
         return
@@ -277,7 +278,7 @@ def learn_router(cfg: Config, sweep: Sweep, label: str, run: RunOptions, cloud_o
               "steps": len(data.labels), "correct": sum(data.labels), "skipped": data.skipped,
               "problems": data.problems, "label": label, "train_accuracy": round(train_acc, 4)}
     if quiet:
-        click.echo(json.dumps(result))
+        click.echo(strict_json.dumps(result))
         return
     console().print(f"{result['steps']} steps from {result['problems']} problems ({result['correct']} labelled "
                     f"correct by {label}, {result['skipped']} skipped) · train accuracy {train_acc:.0%}\n"
