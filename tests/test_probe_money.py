@@ -241,6 +241,29 @@ def test_solve_with_bad_cloud_settings_exits_2_and_books_nothing(tmp_path, fault
     assert server.requests == []
 
 
+@pytest.mark.parametrize("args, config", [
+    (["--price-in", "1e6", "--price-out", "2"], ""),
+    (["--price-in", "1", "--price-out", "1e300"], ""),  # the probe's: an OverflowError, a session left running
+    ([], '[prices."m"]\ninput = 1e300\noutput = 2\n'),
+    ([], '[prices."m"]\ninput = 1\noutput = 2\ncached_input = 1e6\n'),
+], ids=["flag-1e6", "flag-1e300", "config-1e300", "config-cached-1e6"])
+def test_a_price_no_model_costs_is_refused_in_one_line_before_anything_starts(tmp_path, fault_server, args, config):
+    server = fault_server("ok")
+    _config(tmp_path, config)
+    script = tmp_path / "steps.json"
+    script.write_text(json.dumps(["2 + 1 = 3.", "So the answer is \\boxed{3}."]))
+    db_path = tmp_path / "solve.db"
+    r = run_cli("solve", "What is 2 + 1?", "--model", f"script:{script}", "--policy", "every-k", "--cloud", "openai:m",
+                "--cloud-base-url", server.url + "/v1", "--db", str(db_path), *args, timeout=120)
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert _one_line(err) and err.startswith("Error:") and "Traceback" not in err and "10,000" in err, err
+    assert not db_path.exists()  # no session, let alone one left running
+    assert server.requests == []
+    with pytest.raises(ConfigError, match="--price-in"):
+        Price(1.0, 1e6)
+
+
 # -- 5. config numbers ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, key, wants", [
