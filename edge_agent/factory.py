@@ -168,6 +168,12 @@ class Agents:
     step_cache: bool = False
     read: str = "auto"  # [cloud] read: how verify-repair's reads are asked for (cloud.reads.read_mode)
     _local: StepModel | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from cloud.reads import check_read_setting
+
+        check_read_setting(self.cloud, self.read)  # a read the cloud cannot do: refused before anything runs
+
     @classmethod
     def build(cls, cfg: Config, run: RunOptions, cloud: CloudOptions, progress: Progress | None = None) -> Agents:
         """Check the caps, then build the cloud (both fail before any model or database is touched)."""
