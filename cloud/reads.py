@@ -35,7 +35,8 @@ class ReadReply:
     input_tokens: int
     cost_usd: float
     latency_s: float
-    status: str = "ok"
+    status: str = "ok"  # ok | no_usage (costed at the reservation) | overrun, as a CloudReply's
+    overrun_usd: float = 0.0  # what the provider's usage claimed above the reservation (not booked)
 
 
 def read_mode(cloud: Any, setting: str = "auto") -> str:
@@ -110,6 +111,7 @@ def read(cloud: Any, prompt: str | Sequence[int], *, budget: Budget, step_idx: i
             raise
         raise err from None
     latency = time.perf_counter() - t0
-    cost, status, usage, _claimed = cloud._settle_ok(budget, reservation, reserved, record, usage, latency)
+    cost, status, usage, claimed = cloud._settle_ok(budget, reservation, reserved, record, usage, latency)
     return ReadReply(tokens=out["tokens"], token_logprobs=out["token_logprobs"], text_offset=out["text_offset"],
-                     input_tokens=usage["input_tokens"], cost_usd=usd(cost), latency_s=latency, status=status)
+                     input_tokens=usage["input_tokens"], cost_usd=usd(cost), latency_s=latency, status=status,
+                     overrun_usd=usd(claimed - cost) if status == "overrun" and claimed is not None else 0.0)

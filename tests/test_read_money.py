@@ -1,0 +1,161 @@
+"""The cloud read's money on the paths a user runs: a read whose usage overruns its reservation settles like any
+call (solve, serve and llm finish locally), and resume keeps the session's ``[cloud] read`` setting.
+
+The overrun needs a cloud that over-reports: ``ReadServer`` below, on loopback, answers reads (legacy completions
+with echoed prompt log-probs) and chat calls. Resume reads from the real loopback cloud (``llama_server``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROBE, run_cli
+from tests.servers import _completion, _Handler, _Server
+
+POLICY = "verify-repair(tau=-1000,rounds=1)"  # every draft is suspicious: a read, then a repair if the cloud can
+STEPS = ["Blue takes 2 bolts.", "White takes 1 bolt, so \\boxed{3}."]
+
+
+class ReadServer(_Server):
+    """An OpenAI-compatible cloud whose reads report ``bill`` times the prompt's tokens as their usage."""
+
+    def __init__(self, bill: int = 100):
+        self.bill = bill
+        super().__init__(_ReadHandler)
+
+
+class _ReadHandler(_Handler):
+    def do_POST(self):
+        body = self._body()
+        if self.path.endswith("/chat/completions"):
+            return self._send(200, _completion("Half of 2 is 1, so \\boxed{3}."))
+        prompt = body["prompt"]
+        tokens = [str(t) for t in prompt] if isinstance(prompt, list) else list(prompt)
+        n, billed = len(tokens), len(tokens) * self.server.owner.bill
+        return self._send(200, {
+            "id": "cmpl-x", "object": "text_completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "text": "", "finish_reason": "length", "logprobs": {
+                "tokens": tokens, "token_logprobs": [None] + [-0.5] * (n - 1), "text_offset": list(range(n)),
+                "top_logprobs": None}}],
+            "usage": {"prompt_tokens": billed, "completion_tokens": 0, "total_tokens": billed}})
+
+
+@pytest.fixture
+def read_server():
+    server = ReadServer()
+    yield server
+    server.close()
+
+
+def _script(tmp_path, steps=STEPS):
+    path = tmp_path / "steps.json"
+    path.write_text(json.dumps(steps))
+    return f"script:{path}"
+
+
+def _cloud_args(server):
+    return ["--cloud", "openai:m", "--cloud-base-url", server.url + "/v1", "--price-in", "1", "--price-out", "2"]
+
+
+def _overrun_booked(db_path):
+    """The read's ledger row and the events of the one session in ``db_path``."""
+    conn = sqlite3.connect(db_path)
+    try:
+        reads = conn.execute("SELECT status, cost_nusd, reserved_nusd, claimed_nusd FROM cloud_calls"
+                             " WHERE purpose = 'read'").fetchall()
+        events = [(t, json.loads(d or "{}")) for t, d in conn.execute("SELECT trigger, detail FROM trigger_events")]
+        opened = conn.execute("SELECT COUNT(*) FROM budget_reservations WHERE status = 'open'").fetchone()[0]
+    finally:
+        conn.close()
+    [(status, cost, reserved, claimed)] = reads
+    assert status == "overrun" and cost == reserved > 0 and claimed > reserved and opened == 0
+    assert any(t == "cloud_overrun" and d.get("purpose") == "read" for t, d in events), events
+    return events
+
+
+def _paths(server):
+    return [r["path"] for r in server.requests]
+
+
+def _only_the_read_was_sent(server):
+    """The breaker tripped on the overrun: the repair the suspicious read asked for was never sent."""
+    assert _paths(server) == ["/v1/completions"]
+
+
+def test_solve_books_an_overrun_read_at_its_reservation_and_finishes_locally(tmp_path, read_server):
+    r = run_cli("solve", ROBE, "--json", "--model", _script(tmp_path), "--policy", POLICY, *_cloud_args(read_server))
+    err = r.stderr.decode()
+    assert r.returncode == 0 and "Traceback" not in err, err[-1500:]
+    out = json.loads(r.stdout)
+    assert out["status"] == "done" and out["answer"] == "3" and all(s["author"] == "local" for s in out["steps"])
+    _overrun_booked(tmp_path / "edge.db")
+    _only_the_read_was_sent(read_server)
+
+
+def _free_port():
+    from edge_agent.cloud_local import free_port
+
+    return free_port()
+
+
+def test_serve_answers_normally_when_a_read_overruns(tmp_path, read_server):
+    port, log = _free_port(), tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "serve", "--model", _script(tmp_path),
+                                 "--db", str(tmp_path / "serve.db"), "--port", str(port), "--policy", POLICY,
+                                 *_cloud_args(read_server)], stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+            try:
+                urllib.request.urlopen(base + "/models", timeout=5).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        ask = json.dumps({"model": "edge-agent", "messages": [{"role": "user", "content": ROBE}]}).encode()
+        req = urllib.request.Request(base + "/chat/completions", ask, {"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                status, body = resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        assert status == 200, body[-500:]
+        reply = json.loads(body)
+        assert "\\boxed{3}" in reply["choices"][0]["message"]["content"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in log.read_text(errors="replace")
+    _overrun_booked(tmp_path / "serve.db")
+    _only_the_read_was_sent(read_server)
+
+
+def test_llm_answers_without_an_error_when_a_read_overruns(tmp_path, read_server):
+    cfg = tmp_path / "edge-agent.toml"
+    cfg.write_text(f'[cloud]\nprovider = "openai"\nmodel = "m"\nbase_url = "{read_server.url}/v1"\nmax_retries = 0\n\n'
+                   '[prices."m"]\ninput = 1.0\noutput = 2.0\n', encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGE_AGENT_CLOUD", "OPENAI_BASE_URL", "LLM_RAISE_ERRORS",
+                                                            "LLM_MODEL")}
+    env.update({"LLM_USER_PATH": str(tmp_path / "llm"), "LLM_LOAD_PLUGINS": "edge-agent",
+                "EDGE_AGENT_CONFIG": str(cfg)})
+    r = subprocess.run([sys.executable, "-m", "llm", "-m", "edge-agent", "-o", "model", _script(tmp_path),
+                        "-o", "policy", POLICY, ROBE], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "Error" not in r.stderr, r.stderr[-1500:]
+    assert r.stdout.strip().endswith("Answer: 3")
+    _overrun_booked(os.environ["EDGE_AGENT_DB"])
+    _only_the_read_was_sent(read_server)
