@@ -214,4 +214,6 @@ def agent_for_session(db: Database, session_id: str, offline: bool = False, prog
     opts = stored_cloud(state, offline)
     cloud = build_cloud(cfg, opts) if opts.spec else None  # the prices the session started with
     caps = build_caps(cfg, opts.max_cost)
-    return Agents(state.model_path, settings.n_ctx, cloud, caps, opts.offline, progress).agent(state.policy, db)
+    read = state.settings.get("read", cfg.cloud.get("read", "auto"))  # as the session began ([cloud] read then)
+    return Agents(state.model_path, settings.n_ctx, cloud, caps, opts.offline, progress,
+                  read=read).agent(state.policy, db)

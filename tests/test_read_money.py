@@ -159,3 +159,45 @@ def test_llm_answers_without_an_error_when_a_read_overruns(tmp_path, read_server
     assert r.stdout.strip().endswith("Answer: 3")
     _overrun_booked(os.environ["EDGE_AGENT_DB"])
     _only_the_read_was_sent(read_server)
+
+
+def _committed_steps(db_path):
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)
+        rows = conn.execute("SELECT session_id FROM steps").fetchall()
+        conn.close()
+        return [r[0] for r in rows]
+    except sqlite3.Error:  # not created or not migrated yet
+        return []
+
+
+def test_resume_keeps_the_sessions_read_setting_off(tmp_path, llama_server):
+    """``[cloud] read = "off"`` at solve: the review after a kill and resume pays no read (the real loopback cloud)."""
+    cfg = tmp_path / "off.toml"
+    cfg.write_text('[cloud]\nread = "off"\n')
+    script = tmp_path / "steps.json"
+    script.write_text(json.dumps([STEPS[0], {"text": STEPS[1], "delay_s": 60.0}]))
+    db = tmp_path / "edge.db"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "solve", ROBE, "--model", f"script:{script}",
+                             "--policy", POLICY, "--cloud", "openai:local", "--cloud-base-url", llama_server],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "EDGE_AGENT_CONFIG": str(cfg)})
+    deadline = time.time() + 60
+    while time.time() < deadline and not _committed_steps(db):  # step 0 is in; step 1 takes a minute
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the solve finished before it could be killed"
+    [sid] = set(_committed_steps(db))
+    script.write_text(json.dumps(STEPS))  # the same steps, now without the wait
+
+    # resumed without the config file: the session's own setting holds, as continuation's does
+    r = run_cli("resume", sid, "--json", env={"EDGE_AGENT_CONFIG": str(tmp_path / "none.toml")}, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()[-1500:]
+    out = json.loads(r.stdout)
+    conn = sqlite3.connect(db)
+    calls = [p for (p,) in conn.execute("SELECT purpose FROM cloud_calls WHERE session_id = ?", [sid])]
+    settings = json.loads(conn.execute("SELECT settings FROM sessions WHERE id = ?", [sid]).fetchone()[0])
+    conn.close()
+    assert calls == [] and out["usage"]["cost_usd"] == 0  # no read paid, so nothing to repair either
+    assert out["status"] == "done" and out["answer"] == "3" and settings["read"] == "off"
