@@ -107,39 +107,54 @@ def _free_port():
     return free_port()
 
 
-def test_serve_answers_normally_when_a_read_overruns(tmp_path, read_server):
+def _serve(tmp_path, model, db, server, env=None):
+    """``edge-agent serve`` on ``model`` with ``server`` as its cloud: (process, base URL, log path), once it answers."""
     port, log = _free_port(), tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "serve", "--model", _script(tmp_path),
-                                 "--db", str(tmp_path / "serve.db"), "--port", str(port), "--policy", POLICY,
-                                 *_cloud_args(read_server)], stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
-            try:
-                urllib.request.urlopen(base + "/models", timeout=5).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        ask = json.dumps({"model": "edge-agent", "messages": [{"role": "user", "content": ROBE}]}).encode()
-        req = urllib.request.Request(base + "/chat/completions", ask, {"content-type": "application/json"})
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "serve", "--model", model, "--db", str(db),
+                                 "--port", str(port), "--policy", POLICY, *_cloud_args(server)],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)
+            pytest.fail("serve did not start: " + log.read_text(errors="replace")[-2000:])
         try:
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                status, body = resp.status, resp.read()
-        except urllib.error.HTTPError as e:
-            status, body = e.code, e.read()
+            urllib.request.urlopen(base + "/v1/models", timeout=5).close()
+            return proc, base, log
+        except OSError:
+            time.sleep(0.2)
+
+
+def _stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _post(url, body):
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_serve_answers_normally_when_a_read_overruns(tmp_path, read_server):
+    proc, base, log = _serve(tmp_path, _script(tmp_path), tmp_path / "serve.db", read_server)
+    try:
+        status, body = _post(base + "/v1/chat/completions",
+                             {"model": "edge-agent", "messages": [{"role": "user", "content": ROBE}]})
         assert status == 200, body[-500:]
         reply = json.loads(body)
         assert "\\boxed{3}" in reply["choices"][0]["message"]["content"]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
     assert "Traceback" not in log.read_text(errors="replace")
     _overrun_booked(tmp_path / "serve.db")
     _only_the_read_was_sent(read_server)
@@ -201,3 +216,39 @@ def test_resume_keeps_the_sessions_read_setting_off(tmp_path, llama_server):
     conn.close()
     assert calls == [] and out["usage"]["cost_usd"] == 0  # no read paid, so nothing to repair either
     assert out["status"] == "done" and out["answer"] == "3" and settings["read"] == "off"
+
+
+def test_the_app_pages_resume_keeps_the_sessions_read_setting_off(tmp_path):
+    """The same through ``serve``'s resume (the app page's Resume): the server's own setting is auto, the session's off."""
+    server = ReadServer(bill=1)
+    cfg = tmp_path / "off.toml"
+    cfg.write_text('[cloud]\nread = "off"\n')
+    script = tmp_path / "steps.json"
+    script.write_text(json.dumps([STEPS[0], {"text": STEPS[1], "delay_s": 60.0}]))
+    db = tmp_path / "edge.db"
+    try:
+        solving = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "solve", ROBE, "--model", f"script:{script}",
+                                    "--policy", POLICY, *_cloud_args(server)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env={**os.environ, "EDGE_AGENT_CONFIG": str(cfg)})
+        deadline = time.time() + 60
+        while time.time() < deadline and not _committed_steps(db):
+            time.sleep(0.05)
+        solving.send_signal(signal.SIGKILL)
+        solving.wait()
+        [sid] = set(_committed_steps(db))
+        script.write_text(json.dumps(STEPS))
+        proc, base, log = _serve(tmp_path, f"script:{script}", db, server,
+                                 env={"EDGE_AGENT_CONFIG": str(tmp_path / "none.toml")})
+        try:
+            status, body = _post(f"{base}/app/api/sessions/{sid}/resume", {})
+            assert status == 200, body[-500:]
+        finally:
+            _stop(proc)
+        conn = sqlite3.connect(db)
+        calls = [p for (p,) in conn.execute("SELECT purpose FROM cloud_calls WHERE session_id = ?", [sid])]
+        row = conn.execute("SELECT status, answer FROM sessions WHERE id = ?", [sid]).fetchone()
+        conn.close()
+        assert calls == [] and server.requests == []  # no read paid, so nothing to repair either
+        assert row == ("done", "3")
+    finally:
+        server.close()
