@@ -59,14 +59,16 @@ def test_the_samples_share_the_commands_cap(tmp_path, fault_server, batch):
     assert len(denied) == 2 and all(d["scope"] == "group" and "shares with its samples" in d["message"] for d in denied)
 
 
-def _calls(db):
+def _progress(db):
+    """(cloud calls settled, sessions done): a call is settled a moment before the step it wrote commits."""
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
         n = conn.execute("SELECT COUNT(*) FROM cloud_calls").fetchone()[0]
+        done = conn.execute("SELECT COUNT(*) FROM sessions WHERE status = 'done'").fetchone()[0]
         conn.close()
-        return n
+        return n, done
     except sqlite3.Error:  # not created or not migrated yet
-        return 0
+        return 0, 0
 
 
 def test_resume_of_samples_counts_what_the_group_already_spent(tmp_path, fault_server):
@@ -77,12 +79,12 @@ def test_resume_of_samples_counts_what_the_group_already_spent(tmp_path, fault_s
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "solve", ROBE, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
-    while time.time() < deadline and _calls(db) < 2:  # the parent and sample 1 paid their cloud step
+    while time.time() < deadline and _progress(db) < (2, 2):  # the parent and sample 1 paid and wrote their cloud step
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the solve finished before it could be killed"
-    assert _calls(db) == 2
+    assert _progress(db) == (2, 2)
     parent = sqlite3.connect(db).execute("SELECT id FROM sessions WHERE parent_id IS NULL").fetchone()[0]
 
     r = run_cli("resume", parent, "--json")
