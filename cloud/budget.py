@@ -104,8 +104,9 @@ class Budget:
                 "in this session", got.scope, usd(got.cap_nusd), usd(got.committed_nusd), usd(got.needed_nusd),
             )
         if isinstance(got, ledger.Denial):
+            cap = "cap the session shares with its samples" if got.scope == "group" else f"{got.scope} cap"
             raise BudgetDenied(
-                f"{purpose} needs up to ${usd(got.needed_nusd):.6f} but the {got.scope} cap ${usd(got.cap_nusd):.6f} "
+                f"{purpose} needs up to ${usd(got.needed_nusd):.6f} but the {cap} ${usd(got.cap_nusd):.6f} "
                 f"has ${usd(max(got.cap_nusd - got.committed_nusd, 0)):.6f} left",
                 got.scope, usd(got.cap_nusd), usd(got.committed_nusd), usd(got.needed_nusd),
             )

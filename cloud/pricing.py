@@ -13,6 +13,9 @@ from decimal import Decimal
 from .errors import ConfigError
 
 NANO = 1_000_000_000
+# No model costs anywhere near this (the dearest list prices are a few hundred USD per 1M tokens). A price
+# above it is a typo, and a large enough one overflows the ledger's 64-bit sums: refused before anything starts.
+MAX_PRICE = 10_000.0  # USD per 1M tokens
 
 
 class PriceError(ConfigError, ValueError):
@@ -28,9 +31,9 @@ class Price:
 
     def __post_init__(self) -> None:
         for v in (self.input, self.output, self.cached_input, self.cache_write):
-            if v is not None and (not math.isfinite(v) or v < 0):
-                raise PriceError(f"a price must be a finite number of USD per 1M tokens >= 0 (got {v!r}): "
-                                 "fix --price-in/--price-out or [prices] in the config")
+            if v is not None and (not math.isfinite(v) or not 0 <= v <= MAX_PRICE):
+                raise PriceError(f"a price must be a finite number of USD per 1M tokens from 0 to {MAX_PRICE:,.0f} "
+                                 f"(got {v!r}): fix --price-in/--price-out or [prices] in the config")
 
 
 def _exact(tokens: int, usd_per_million: float) -> Decimal:

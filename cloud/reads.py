@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .budget import Budget, checked_usage
-from .errors import CloudError
+from .errors import CloudError, ConfigError
 from .pricing import usd
 
 READ_MODES = ("auto", "echo", "judge", "off")
@@ -35,7 +35,8 @@ class ReadReply:
     input_tokens: int
     cost_usd: float
     latency_s: float
-    status: str = "ok"
+    status: str = "ok"  # ok | no_usage (costed at the reservation) | overrun, as a CloudReply's
+    overrun_usd: float = 0.0  # what the provider's usage claimed above the reservation (not booked)
 
 
 def read_mode(cloud: Any, setting: str = "auto") -> str:
@@ -49,14 +50,25 @@ def read_mode(cloud: Any, setting: str = "auto") -> str:
     return "judge" if (not base or "api.openai.com" in base) else "echo"  # OpenAI's own API no longer echoes
 
 
+def check_read_setting(cloud: Any, setting: str) -> None:
+    """Refuse ``[cloud] read = "echo"`` for a cloud that gives no prompt log-probs, before anything runs."""
+    if cloud is not None and setting == "echo" and read_mode(cloud) != "echo":
+        raise ConfigError(f'[cloud] read = "echo" needs prompt log-probs, which {cloud.provider}:{cloud.model} does '
+                          'not give: set read = "auto" (a judge prompt reads for it), "judge" or "off" in the config')
+
+
 def _raw_read(adapter: Any, prompt: str | list[int]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     from .adapters import sdk_error
 
+    try:  # still in this process: an adapter without the openai SDK's legacy completions sends nothing
+        create, sdk = adapter.client.completions.create, adapter._openai
+    except AttributeError:
+        raise CloudError(f"{adapter.provider}:{adapter.model} has no completions endpoint to read with: the read was "
+                         'never sent; set [cloud] read = "judge" or "off"', "not_sent") from None
     try:
-        resp = adapter.client.completions.create(model=adapter.model, prompt=prompt, max_tokens=0, echo=True,
-                                                 logprobs=0, temperature=0)
+        resp = create(model=adapter.model, prompt=prompt, max_tokens=0, echo=True, logprobs=0, temperature=0)
     except Exception as e:
-        raise sdk_error(adapter._openai, e, "OPENAI_API_KEY", str(adapter.client.base_url)) from None
+        raise sdk_error(sdk, e, "OPENAI_API_KEY", str(adapter.client.base_url)) from None
     try:
         lp = resp.choices[0].logprobs
         out = {"tokens": tuple(str(t) for t in lp.tokens),
@@ -99,6 +111,7 @@ def read(cloud: Any, prompt: str | Sequence[int], *, budget: Budget, step_idx: i
             raise
         raise err from None
     latency = time.perf_counter() - t0
-    cost, status, usage, _claimed = cloud._settle_ok(budget, reservation, reserved, record, usage, latency)
+    cost, status, usage, claimed = cloud._settle_ok(budget, reservation, reserved, record, usage, latency)
     return ReadReply(tokens=out["tokens"], token_logprobs=out["token_logprobs"], text_offset=out["text_offset"],
-                     input_tokens=usage["input_tokens"], cost_usd=usd(cost), latency_s=latency, status=status)
+                     input_tokens=usage["input_tokens"], cost_usd=usd(cost), latency_s=latency, status=status,
+                     overrun_usd=usd(claimed - cost) if status == "overrun" and claimed is not None else 0.0)

@@ -136,7 +136,8 @@ class Agent(CloudActions, Reviews):
             model=self.model.name,
             model_path=str(self.model.path),
             policy=self.policy.label,
-            settings={**asdict(settings), "offline": self.offline, "continuation": self.continuation, **(extra or {})},
+            settings={**asdict(settings), "offline": self.offline, "continuation": self.continuation,
+                      "read": getattr(self, "read_setting", "auto"), **(extra or {})},  # resume keeps [cloud] read
             cloud_provider=self.cloud.provider if self.cloud else None,
             cloud_model=self.cloud.model if self.cloud else None,
             parent_id=parent_id,

@@ -173,7 +173,7 @@ def load_config(path: Path | None = None) -> Config:
 
 
 def _prices(path: Path, values: Any) -> dict[str, Any]:
-    from cloud.pricing import Price
+    from cloud.pricing import MAX_PRICE, Price
 
     out = {}
     if not isinstance(values, dict):
@@ -182,9 +182,10 @@ def _prices(path: Path, values: Any) -> dict[str, Any]:
         if not isinstance(p, dict) or not {"input", "output"} <= set(p) or set(p) - set(PRICE_KEYS):
             raise ConfigError(f"config {path}: prices.{model} needs input and output (optional cached_input, cache_write)")
         for k, v in p.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"config {path}: prices.{model}.{k} must be >= 0 and finite, in USD per 1M tokens"
-                                  f" (got {v!r}): fix its value")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or not 0 <= v <= MAX_PRICE:
+                raise ConfigError(f"config {path}: prices.{model}.{k} must be >= 0 and finite, in USD per 1M tokens,"
+                                  f" at most {MAX_PRICE:,.0f} (got {v!r}): fix its value")
         out[model] = Price(**{k: float(v) for k, v in p.items()})
     return out
 

@@ -16,7 +16,7 @@ import store
 from cloud.budget import Caps
 from cloud.client import make_cloud
 from cloud.client import parse_spec as parse_cloud_spec
-from cloud.pricing import Price
+from cloud.pricing import MAX_PRICE, Price
 from triggers import get_policy
 from triggers import parse_spec as parse_policy_spec
 
@@ -79,6 +79,10 @@ def build_cloud(cfg: Config, opts: CloudOptions) -> Any:
     if price_in is not None or price_out is not None:
         if price_in is None or price_out is None or not all(math.isfinite(p) and p >= 0 for p in (price_in, price_out)):
             raise InputError("give both --price-in and --price-out, as USD per 1M tokens (finite, >= 0)")
+        for flag, p in (("--price-in", price_in), ("--price-out", price_out)):
+            if p > MAX_PRICE:
+                raise InputError(f"{flag} {p:g} USD per 1M tokens is more than any model costs: give the price per "
+                                 f"1M tokens, at most {MAX_PRICE:,.0f}")
     spec = cloud_spec(cfg, opts.spec)
     if opts.offline or not spec:
         if spec:
@@ -165,6 +169,11 @@ class Agents:
     read: str = "auto"  # [cloud] read: how verify-repair's reads are asked for (cloud.reads.read_mode)
     _local: StepModel | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        from cloud.reads import check_read_setting
+
+        check_read_setting(self.cloud, self.read)  # a read the cloud cannot do: refused before anything runs
+
     @classmethod
     def build(cls, cfg: Config, run: RunOptions, cloud: CloudOptions, progress: Progress | None = None) -> Agents:
         """Check the caps, then build the cloud (both fail before any model or database is touched)."""
@@ -205,4 +214,6 @@ def agent_for_session(db: Database, session_id: str, offline: bool = False, prog
     opts = stored_cloud(state, offline)
     cloud = build_cloud(cfg, opts) if opts.spec else None  # the prices the session started with
     caps = build_caps(cfg, opts.max_cost)
-    return Agents(state.model_path, settings.n_ctx, cloud, caps, opts.offline, progress).agent(state.policy, db)
+    read = state.settings.get("read", cfg.cloud.get("read", "auto"))  # as the session began ([cloud] read then)
+    return Agents(state.model_path, settings.n_ctx, cloud, caps, opts.offline, progress,
+                  read=read).agent(state.policy, db)

@@ -297,6 +297,7 @@ def session_agent(worker: Worker, options: ServeOptions, state: store.SessionSta
                          f"and this server's is {here}: {elsewhere}")
     if not state.cloud_provider or state.settings.get("offline"):  # as the session began: on the local model alone
         agent.cloud, agent.offline = None, bool(state.settings.get("offline"))
+    agent.read_setting = state.settings.get("read", getattr(agent, "read_setting", "auto"))  # type: ignore[attr-defined]
     caps = [c for c in (state.settings.get("max_cost"), options.max_cost) if c is not None and math.isfinite(c)]
     if caps:
         agent.caps = replace(agent.caps, session_usd=min(caps))

@@ -33,10 +33,22 @@ class Denial:
     needed_nusd: int
 
 
+def _group(db: Database, session_id: str) -> tuple[str, bool]:
+    """The session whose cap ``session_id`` spends under, and whether it is shared: a self-consistency
+    sample (``solve --samples``) spends under its parent's, with the parent and every other sample."""
+    row = db.execute("SELECT parent_id FROM sessions WHERE id = ?", [session_id]).fetchone()
+    root = row[0] if row and row[0] else session_id
+    shared = root != session_id or db.execute("SELECT 1 FROM sessions WHERE parent_id = ? LIMIT 1", [root]).fetchone()
+    return root, bool(shared)
+
+
 def _committed(db: Database, scope: str, session_id: str, ts: str) -> int:
-    """Settled spend plus open reservations in a scope, in nano-USD."""
+    """Settled spend plus open reservations in a scope, in nano-USD. The session scope of a sample or a
+    parent counts its whole group (``_group``): ``--max-cost`` is the cap of the command."""
     if scope == "session":
-        where, args = "session_id = ?", [session_id]
+        root = _group(db, session_id)[0]
+        where = "(session_id = ? OR session_id IN (SELECT id FROM sessions WHERE parent_id = ?))"
+        args = [root, root]
     elif scope == "day":
         where, args = "substr(created_at, 1, 10) = ?", [ts[:10]]
     else:
@@ -80,6 +92,8 @@ def reserve(
                 continue
             committed = _committed(db, scope, session_id, ts)
             if committed + amount_nusd > cap:
+                if scope == "session" and _group(db, session_id)[1]:
+                    scope = "group"  # the cap of the session and its samples together
                 return Denial(scope, cap, committed, amount_nusd)  # nothing was written
         rid = new_id()
         db.conn.execute(

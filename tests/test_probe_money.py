@@ -209,6 +209,43 @@ def test_a_redirect_to_an_unsendable_url_is_still_costed_at_the_reservation(faul
     assert row["cost_nusd"] == row["reserved_nusd"] > 0
 
 
+def test_a_read_an_adapter_cannot_send_costs_nothing(fault_server, db, session):
+    """A read through a cloud with no completions endpoint (Anthropic) fails in this process: booked at $0."""
+    from cloud.reads import read
+
+    server = fault_server("messages")
+    cloud = make_cloud("anthropic:claude-haiku-4-5", base_url=server.url, max_retries=0)
+    with pytest.raises(CloudError) as e:
+        read(cloud, list(range(100, 500)), budget=Budget(db, Caps(), session))
+    assert e.value.kind == "not_sent" and "never sent" in str(e.value) and _one_line(str(e.value))
+    [row] = store.cloud_calls(db, session)
+    assert (row["purpose"], row["status"], row["cost_nusd"]) == ("read", "not_sent", 0) and row["reserved_nusd"] > 0
+    assert server.requests == [] and _spent(db) == 0
+
+
+def test_a_read_mode_the_cloud_cannot_do_is_refused_before_anything_starts(tmp_path, fault_server, monkeypatch):
+    server = fault_server("messages")
+    _config(tmp_path, '[cloud]\nread = "echo"\n')
+    script = tmp_path / "steps.json"
+    script.write_text(json.dumps(["2 + 1 = 3.", "So the answer is \\boxed{3}."]))
+    db_path = tmp_path / "solve.db"
+    r = run_cli("solve", "What is 2 + 1?", "--model", f"script:{script}", "--policy", "verify-repair",
+                "--cloud", "anthropic:claude-haiku-4-5", "--cloud-base-url", server.url, "--db", str(db_path), timeout=120)
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert _one_line(err) and err.startswith("Error:") and "Traceback" not in err and 'read = "echo"' in err, err
+    assert not db_path.exists() and server.requests == []
+    # OpenAI's own API gives no prompt log-probs either; an endpoint that echoes them may read by echo
+    from cloud.reads import check_read_setting
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ConfigError, match="judge"):
+        check_read_setting(make_cloud("openai:gpt-4o-mini", api_key="sk-test-not-a-key"), "echo")
+    check_read_setting(make_cloud("openai:local", base_url=server.url + "/v1", price=Price(1.0, 2.0)), "echo")
+    for setting in ("auto", "judge", "off"):
+        check_read_setting(make_cloud("anthropic:claude-haiku-4-5", base_url=server.url), setting)
+
+
 def _config(tmp_path, text: str) -> None:
     """The config file where the CLI looks for it (conftest points XDG_CONFIG_HOME at tmp_path/config)."""
     path = tmp_path / "config" / "edge-agent" / "config.toml"
@@ -239,6 +276,29 @@ def test_solve_with_bad_cloud_settings_exits_2_and_books_nothing(tmp_path, fault
     assert _one_line(err) and err.startswith("Error:") and "Traceback" not in err
     assert not db_path.exists()  # refused before the database is touched: nothing booked
     assert server.requests == []
+
+
+@pytest.mark.parametrize("args, config", [
+    (["--price-in", "1e6", "--price-out", "2"], ""),
+    (["--price-in", "1", "--price-out", "1e300"], ""),  # the probe's: an OverflowError, a session left running
+    ([], '[prices."m"]\ninput = 1e300\noutput = 2\n'),
+    ([], '[prices."m"]\ninput = 1\noutput = 2\ncached_input = 1e6\n'),
+], ids=["flag-1e6", "flag-1e300", "config-1e300", "config-cached-1e6"])
+def test_a_price_no_model_costs_is_refused_in_one_line_before_anything_starts(tmp_path, fault_server, args, config):
+    server = fault_server("ok")
+    _config(tmp_path, config)
+    script = tmp_path / "steps.json"
+    script.write_text(json.dumps(["2 + 1 = 3.", "So the answer is \\boxed{3}."]))
+    db_path = tmp_path / "solve.db"
+    r = run_cli("solve", "What is 2 + 1?", "--model", f"script:{script}", "--policy", "every-k", "--cloud", "openai:m",
+                "--cloud-base-url", server.url + "/v1", "--db", str(db_path), *args, timeout=120)
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert _one_line(err) and err.startswith("Error:") and "Traceback" not in err and "10,000" in err, err
+    assert not db_path.exists()  # no session, let alone one left running
+    assert server.requests == []
+    with pytest.raises(ConfigError, match="--price-in"):
+        Price(1.0, 1e6)
 
 
 # -- 5. config numbers ------------------------------------------------------------------------------
