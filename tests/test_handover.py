@@ -39,6 +39,12 @@ def _cloud_args(server, *extra):
             *extra)
 
 
+def _solve(tmp_path, server, cases, *extra):
+    """``solve --samples 3 --handover-below 0.6`` on the scripted model and cloud, strict JSON out."""
+    return _strict(run_cli("solve", ROBE, "--json", "--model", _script(tmp_path, cases), "--samples", "3",
+                           "--handover-below", "0.6", *_cloud_args(server, *extra)))
+
+
 def _rows(db, sql, args=()):
     conn = sqlite3.connect(db)
     try:
@@ -50,8 +56,7 @@ def _rows(db, sql, args=()):
 def test_low_agreement_hands_the_problem_to_the_cloud_and_its_answer_stands(tmp_path, fault_server):
     db = tmp_path / "edge.db"
     server = fault_server("script", replies=[CLOUD])
-    report = _strict(run_cli("solve", ROBE, "--json", "--model", _script(tmp_path, DISAGREE), "--samples", "3",
-                             "--handover-below", "0.6", *_cloud_args(server)))
+    report = _solve(tmp_path, server, DISAGREE)
     h = report["handover"]
     assert report["samples"]["winner"] == "3" and report["samples"]["agreement"] == pytest.approx(1 / 3, abs=1e-6)
     assert h["handed"] and h["cloud_answered"] and h["answer"] == "7" and report["answer"] == "7"
@@ -110,8 +115,7 @@ def test_live_and_replay_hand_over_the_same_problems():
 
 def test_a_cap_the_handover_cannot_pay_sends_nothing_and_the_vote_stands(tmp_path, fault_server):
     server = fault_server("script", replies=[CLOUD])
-    report = _strict(run_cli("solve", ROBE, "--json", "--model", _script(tmp_path, DISAGREE), "--samples", "3",
-                             "--handover-below", "0.6", *_cloud_args(server, "--max-cost", "0.000001")))
+    report = _solve(tmp_path, server, DISAGREE, "--max-cost", "0.000001")
     h = report["handover"]
     assert server.requests == []  # nothing left the process
     assert h["handed"] and not h["cloud_answered"] and h["cost_usd"] == 0 and report["answer"] == "3"
@@ -166,8 +170,7 @@ def test_bad_handover_input_is_one_line_and_writes_nothing(tmp_path, args, messa
 def test_a_damaged_stored_threshold_is_one_line_naming_it(tmp_path, fault_server):
     db = tmp_path / "edge.db"
     server = fault_server("script", replies=[CLOUD])
-    report = _strict(run_cli("solve", ROBE, "--json", "--model", _script(tmp_path, AGREE), "--samples", "3",
-                             "--handover-below", "0.6", *_cloud_args(server)))
+    report = _solve(tmp_path, server, AGREE)
     sid = report["session_id"]
     conn = sqlite3.connect(db)
     settings = json.loads(conn.execute("SELECT settings FROM sessions WHERE id = ?", [sid]).fetchone()[0])

@@ -253,6 +253,16 @@ def _config(tmp_path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def _every_k_solve(tmp_path, config, *args, env=None):
+    """``solve`` of a scripted two-step problem with every-k and the cloud ``openai:m``, under ``config``."""
+    _config(tmp_path, config)
+    script = tmp_path / "steps.json"
+    script.write_text(json.dumps(["2 + 1 = 3.", "So the answer is \\boxed{3}."]))
+    db_path = tmp_path / "solve.db"
+    return run_cli("solve", "What is 2 + 1?", "--model", f"script:{script}", "--policy", "every-k", "--cloud",
+                   "openai:m", "--db", str(db_path), *args, env=env, timeout=120), db_path
+
+
 @pytest.mark.parametrize("args, config", [
     (["--cloud-base-url", "notaurl"], ""),
     (["--cloud-base-url", "ftp://example.com/v1"], ""),
@@ -263,14 +273,9 @@ def _config(tmp_path, text: str) -> None:
 ], ids=["notaurl", "ftp", "ipv6-unclosed", "timeout-negative", "timeout-nan", "retries-negative"])
 def test_solve_with_bad_cloud_settings_exits_2_and_books_nothing(tmp_path, fault_server, args, config):
     server = fault_server("ok")
-    _config(tmp_path, config)
-    script = tmp_path / "steps.json"
-    script.write_text(json.dumps(["2 + 1 = 3.", "So the answer is \\boxed{3}."]))
-    db_path = tmp_path / "solve.db"
     base = [] if args else ["--cloud-base-url", server.url + "/v1"]
-    r = run_cli("solve", "What is 2 + 1?", "--model", f"script:{script}", "--policy", "every-k", "--cloud", "openai:m",
-                "--price-in", "1", "--price-out", "2", "--db", str(db_path), *base, *args,
-                env={"OPENAI_API_KEY": "sk-test-not-a-key"}, timeout=120)
+    r, db_path = _every_k_solve(tmp_path, config, "--price-in", "1", "--price-out", "2", *base, *args,
+                                env={"OPENAI_API_KEY": "sk-test-not-a-key"})
     err = r.stderr.decode()
     assert r.returncode == 2, err
     assert _one_line(err) and err.startswith("Error:") and "Traceback" not in err
@@ -286,12 +291,7 @@ def test_solve_with_bad_cloud_settings_exits_2_and_books_nothing(tmp_path, fault
 ], ids=["flag-1e6", "flag-1e300", "config-1e300", "config-cached-1e6"])
 def test_a_price_no_model_costs_is_refused_in_one_line_before_anything_starts(tmp_path, fault_server, args, config):
     server = fault_server("ok")
-    _config(tmp_path, config)
-    script = tmp_path / "steps.json"
-    script.write_text(json.dumps(["2 + 1 = 3.", "So the answer is \\boxed{3}."]))
-    db_path = tmp_path / "solve.db"
-    r = run_cli("solve", "What is 2 + 1?", "--model", f"script:{script}", "--policy", "every-k", "--cloud", "openai:m",
-                "--cloud-base-url", server.url + "/v1", "--db", str(db_path), *args, timeout=120)
+    r, db_path = _every_k_solve(tmp_path, config, "--cloud-base-url", server.url + "/v1", *args)
     err = r.stderr.decode()
     assert r.returncode == 2, err
     assert _one_line(err) and err.startswith("Error:") and "Traceback" not in err and "10,000" in err, err
