@@ -11,8 +11,8 @@ finished by ``resume PARENT`` (the handover session is created once, and its com
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import store
@@ -53,11 +53,7 @@ def threshold(parent_settings: dict[str, Any]) -> float | None:
 def handover_row(db: Any, parent_id: str) -> dict[str, Any] | None:
     """The parent's handover session (id, status, answer, settings), if it has one."""
     for row in store.sample_sessions(db, parent_id):
-        try:
-            settings = json.loads(row["settings"] or "{}")
-        except ValueError:
-            continue
-        if isinstance(settings, dict) and settings.get("handover") is True:
+        if store.session_settings(row["id"], row["settings"]).get("handover") is True:  # DamagedRow: not an object
             return row
     return None
 
@@ -70,14 +66,20 @@ def pending(db: Any, parent_id: str, agreement: float | None) -> bool:
     return row is None or row["status"] not in store.FINISHED
 
 
-def run_handover(agent: Agent, parent_id: str, agreement: float, cb: Callbacks) -> RunResult | None:
+def run_handover(agent: Agent, parent_id: str, agreement: float, cb: Callbacks,
+                 announce: Callable[[float, bool], None] | None = None) -> RunResult | None:
     """Hand the parent's problem to the cloud alone when the vote's ``agreement`` is below the threshold.
 
+    ``announce(agreement, cloud)`` hears first that it is due (``cloud`` False: offline, the vote stands).
     None when the vote stands (agreement high enough, no threshold, no cloud or offline) or the handover is
     already finished. The session is created once; a resumed one continues from its committed steps."""
     db = agent.db
     parent = store.load_state(db, parent_id)
-    if not hands_over(agreement, threshold(parent.settings)) or agent.cloud is None or agent.offline:
+    if not hands_over(agreement, threshold(parent.settings)):
+        return None
+    if announce:
+        announce(agreement, agent.cloud is not None and not agent.offline)
+    if agent.cloud is None or agent.offline:
         return None
     row = handover_row(db, parent_id)
     if row is not None and row["status"] in store.FINISHED:
@@ -109,8 +111,7 @@ def block(db: Any, parent_id: str, vote_answer: str | None, agreement: float | N
 
 
 def _spent(db: Any, session_id: str) -> float:
-    nusd = db.execute("SELECT COALESCE(SUM(cost_nusd), 0) FROM cloud_calls WHERE session_id = ?", [session_id]).fetchone()
-    return round(nusd[0] / 1e9, 9)
+    return round(sum(c["cost_nusd"] or 0 for c in store.cloud_calls(db, session_id)) / 1e9, 9)
 
 
 def _cloud_answered(db: Any, row: dict[str, Any]) -> bool:

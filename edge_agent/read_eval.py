@@ -185,10 +185,16 @@ def evaluate(problems: list[Problem], base: dict[str, float], local: float, clou
             row["random step"] = {"acc": round(acc, 4), "pgr": round((acc - local) / gap, 3), "spent": round(spent / unit, 3)}
             # the best fixed k: set on the other folds, escalated at random within the share on the held-out fold
             by_fold = {f: [p for p in problems if _fold(p.id) == f] for f in range(FOLDS)}
-            mixed = cross_fit(problems, lambda train: _fixed_k(train, max_k),
-                              lambda k, p: _mix(by_fold[_fold(p.id)],
-                                                lambda q: [q.branches[k][:3]] if k in q.branches else [],
-                                                share, unit, measure))
+            fold_mix: dict[int, tuple[float, float]] = {}  # one random mix per held-out fold, shared by its problems
+
+            def at_k(k: int, p: Problem) -> tuple[float, float]:
+                f = _fold(p.id)
+                if f not in fold_mix:
+                    fold_mix[f] = _mix(by_fold[f], lambda q: [q.branches[k][:3]] if k in q.branches else [],
+                                       share, unit, measure)
+                return fold_mix[f]
+
+            mixed = cross_fit(problems, lambda train: _fixed_k(train, max_k), at_k)
             row["best fixed k"] = cell(mixed)
             rows.append(row)
     return {"n": len(problems), "local": local, "cloud": cloud, "rows": rows, "auroc": aurocs(problems, max_k),

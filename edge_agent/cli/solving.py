@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..factory import Agents, CloudOptions, RunOptions, agent_for_session, open_db, policy_label, session_meta
 from ..presets import resolve_model
 from ..report import session_report
-from ..handover import hands_over, run_handover, threshold
+from ..handover import run_handover
 from ..samples import SampleSpec, ensure_resumable, is_parent, run_samples
 from .options import cloud_options, db_option, json_option, run_options, verbose_option
 from .render import Renderer, join_progress
@@ -57,10 +57,7 @@ def run_session(agent: Agent, session_id: str | None, problem: str | None, setti
         if is_parent(agent.db, session_id):  # solve --samples N: N sessions, then the vote
             voted = run_samples(agent, session_id, _announce(renderer, cb),
                                 done=renderer.sample_done if renderer else None)
-            if hands_over(voted.agreement, threshold(store.load_state(agent.db, session_id).settings)):
-                if renderer:
-                    renderer.handover_start(voted.agreement, agent.cloud is not None and not agent.offline)
-                run_handover(agent, session_id, voted.agreement, cb)
+            run_handover(agent, session_id, voted.agreement, cb, renderer.handover_start if renderer else None)
         else:
             agent.run(session_id, cb)
     except KeyboardInterrupt:
